@@ -1,0 +1,87 @@
+"""Every config field the stack reads, with its default.
+
+Each file in configs/ starts from `base_config()` and changes what its recipe needs; every
+field can be overridden on the command line as `--config.field=value`. Nothing in the code has
+a default that is not here.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Per-channel RGB mean of ImageNet training pixels, 0-255 (Caffe's ilsvrc_2012_mean, averaged
+# over the image): the paper subtracted the mean image and did not divide.
+IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
+# torchvision's normalization (0-1 mean/std) expressed in 0-255 units.
+TORCHVISION_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+TORCHVISION_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 128  # global, over all processes and devices
+  c.eval_batch_size = 256  # global; the last batch is padded and masked, never dropped
+  c.num_epochs = 90.0
+  c.num_train_steps = -1  # > 0 overrides num_epochs
+  c.log_every_steps = 100
+  c.eval_every_steps = -1  # <= 0: once per epoch (and always at the end)
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.eval_checkpoint_step = -1  # --mode=eval: -1 is the latest checkpoint
+  c.eval_at_end = True
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"  # synthetic | fashion_mnist | tfds | folder | auto
+  c.data.data_dir = ""  # "" = the source's default location
+  c.data.num_workers = 0  # Grain worker processes; 0 = load in the main process
+  c.data.prefetch_batches = 2
+  # Normalization on the device: (uint8 image - mean) / std, per channel, 0-255 units.
+  c.data.mean = IMAGENET_MEAN_RGB
+  c.data.std = (1.0, 1.0, 1.0)
+  c.data.num_train_examples = 1024  # synthetic source only
+  c.data.num_eval_examples = 256  # synthetic source only
+  c.data.max_skip_fraction = 0.001  # stop when more than this share of records is unreadable
+  c.data.train_transform = "paper"  # paper | inception
+  c.data.resize_size = 256  # shorter side before the crop
+  c.data.pca_std = 0.1  # std of the PCA colour noise coefficients; 0 turns it off
+  c.data.ten_crop = False  # evaluate on 10 crops (4 corners + centre, and mirrors)
+  # JPEGs much larger than the crop needs are decoded at 1/2, 1/4 or 1/8 scale (libjpeg DCT
+  # scaling via PIL's draft mode), never below the crop's resolution; see docs/data.md.
+  c.data.jpeg_draft = True
+
+  c.model = ml_collections.ConfigDict()
+  c.model.variant = "paper"  # paper | torchvision | d2l
+  c.model.num_classes = 1000
+  c.model.in_channels = 3
+  c.model.image_size = 224
+  c.model.dropout_rate = 0.5
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16; parameters stay float32
+  c.model.init = "paper"  # paper | caffe | xavier | torch
+  c.model.group_impl = "auto"  # auto | towers | feature_group_count
+  c.model.lrn_k = 2.0
+  c.model.lrn_size = 5
+  c.model.lrn_alpha = 1e-4
+  c.model.lrn_beta = 0.75
+  c.model.lrn_alpha_divided_by_size = True  # cuda-convnet, Caffe, PyTorch; see docs/model.md
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "sgd"  # sgd (the paper's momentum form) | adamw
+  c.optimizer.learning_rate = 0.01
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = False
+  c.optimizer.weight_decay = 5e-4  # added to the gradient, as in the paper
+  c.optimizer.decay_biases = True  # the paper's rule decays every weight
+  c.optimizer.b1 = 0.9  # adamw only
+  c.optimizer.b2 = 0.999  # adamw only
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.name = "plateau"  # constant | step | plateau | cosine
+  c.schedule.factor = 0.1  # step and plateau
+  c.schedule.boundaries_epochs = (30.0, 60.0, 80.0)  # step
+  c.schedule.patience = 3  # plateau: evaluations without a better eval/top1
+  c.schedule.max_reductions = 3  # plateau: the paper divided by 10 three times
+  c.schedule.min_delta = 0.0  # plateau: improvement smaller than this does not count
+  c.schedule.warmup_epochs = 0.0  # linear warmup, any schedule
+  c.schedule.end_factor = 0.0  # cosine: final lr as a fraction of the peak
+  return c

@@ -1,0 +1,155 @@
+"""Grain pipelines shared by every data source.
+
+The order of examples is a function of the seed and the global step alone. Indices are shuffled
+over the whole split (a new permutation each epoch), cut into *global* batches, and each process
+loads only its own rows of each global batch. Per-example augmentation is seeded by the
+example's position in that global stream. So one process with 8 devices and 2 processes with 4
+devices each train on exactly the same global batches, and a resumed run sees exactly the
+batches it would have seen.
+
+Evaluation walks the split once in global batches; the last batch is padded by repeating real
+examples, and a `mask` marks which rows count, so every example counts exactly once on any
+number of processes and devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Callable, Protocol, Sequence
+
+import grain
+import numpy as np
+
+Example = dict[str, np.ndarray]
+# transform(record, rng) -> {'image': uint8 array, 'label': int}
+Transform = Callable[[Any, np.random.Generator], Example]
+
+
+class RandomAccessSource(Protocol):
+  def __len__(self) -> int: ...
+
+  def __getitem__(self, index: int) -> Any: ...
+
+
+class SkippableRecordError(ValueError):
+  """A record that cannot be decoded (truncated, empty, not an image).
+
+  The loaders replace such a record by the next readable one and count it, so one bad file
+  never ends a long run.
+  """
+
+
+def _rows_of_process(global_batch_size: int, process_index: int, process_count: int) -> slice:
+  if global_batch_size % process_count:
+    raise ValueError(
+        f"batch size {global_batch_size} is not divisible by the number of processes "
+        f"({process_count}); choose a multiple.")
+  per_process = global_batch_size // process_count
+  return slice(process_index * per_process, (process_index + 1) * per_process)
+
+
+def _stack(examples: Sequence[Example]) -> Example:
+  return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoadTrainRows:
+  """Loads this process's rows of one global batch of shuffled indices.
+
+  Picklable, so Grain worker processes can run it.
+  """
+  source: RandomAccessSource
+  transform: Transform
+  seed: int
+  rows: slice
+
+  def __call__(self, batch_index: int, global_indices: np.ndarray) -> Example:
+    examples = []
+    skipped = 0
+    positions = range(len(global_indices))[self.rows]
+    for position in positions:
+      # One generator per (seed, batch, row): independent of workers and process count.
+      rng = np.random.default_rng([self.seed, batch_index, position])
+      example, num_bad = _load_with_skips(
+          self.source, self.transform, int(global_indices[position]), rng)
+      skipped += num_bad
+      examples.append(example)
+    batch = _stack(examples)
+    batch["skipped"] = np.asarray(skipped, np.int32)
+    return batch
+
+
+def _load_with_skips(source, transform, index, rng, max_tries: int = 100):
+  """transform(source[index]); on a bad record, moves on to the next index and counts it."""
+  n = len(source)
+  for attempt in range(max_tries):
+    i = (index + attempt) % n
+    try:
+      return transform(source[i], rng), attempt
+    except SkippableRecordError as e:
+      logging.warning("skipping unreadable record %s: %s", i, e)
+  raise RuntimeError(
+      f"{max_tries} consecutive records from index {index} could not be read; "
+      "the dataset looks corrupt.")
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoadEvalRows:
+  """Loads this process's rows of global eval batch `batch_index`, padded and masked."""
+  source: RandomAccessSource
+  transform: Transform
+  global_batch_size: int
+  rows: slice
+
+  def __call__(self, batch_index: int) -> Example:
+    n = len(self.source)
+    examples, mask = [], []
+    skipped = 0
+    rng = np.random.default_rng(0)  # eval transforms are deterministic; the rng is unused.
+    for row in range(self.global_batch_size)[self.rows]:
+      position = batch_index * self.global_batch_size + row
+      # Padding rows repeat a real example (shapes stay right) and are masked out.
+      example, num_bad = _load_with_skips(self.source, self.transform, position % n, rng)
+      valid = position < n and num_bad == 0
+      skipped += num_bad if position < n else 0
+      examples.append(example)
+      mask.append(valid)
+    batch = _stack(examples)
+    batch["mask"] = np.asarray(mask, np.bool_)
+    batch["skipped"] = np.asarray(skipped, np.int32)
+    return batch
+
+
+def train_dataset(source: RandomAccessSource, transform: Transform, *, seed: int,
+                  global_batch_size: int, process_index: int = 0,
+                  process_count: int = 1) -> grain.MapDataset:
+  """Endless dataset of this process's share of each global training batch."""
+  if len(source) < global_batch_size:
+    raise ValueError(
+        f"the training split has {len(source)} examples, fewer than one batch "
+        f"(batch_size={global_batch_size}).")
+  rows = _rows_of_process(global_batch_size, process_index, process_count)
+  indices = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+  batches = indices.batch(global_batch_size, drop_remainder=True)
+  return batches.map_with_index(_LoadTrainRows(source, transform, seed, rows))
+
+
+def eval_dataset(source: RandomAccessSource, transform: Transform, *, global_batch_size: int,
+                 process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  """One pass over the split in global batches; rows past the end carry mask=False."""
+  rows = _rows_of_process(global_batch_size, process_index, process_count)
+  num_batches = math.ceil(len(source) / global_batch_size)
+  loader = _LoadEvalRows(source, transform, global_batch_size, rows)
+  return grain.MapDataset.range(num_batches).map(loader)
+
+
+def to_iterator(dataset: grain.MapDataset, *, num_workers: int,
+                prefetch_batches: int) -> grain.DatasetIterator:
+  """An iterator whose get_state/set_state Orbax stores in every checkpoint."""
+  iter_ds = dataset.to_iter_dataset(
+      grain.ReadOptions(num_threads=max(1, prefetch_batches), prefetch_buffer_size=prefetch_batches))
+  if num_workers > 0:
+    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(iter_ds)
