@@ -1,0 +1,110 @@
+"""The optimizer and learning-rate schedules.
+
+SGD in the paper's exact form: v <- momentum * v - lr * (g + wd * w); w <- w + v. The rate
+sits inside the momentum buffer (optax.sgd scales after it), which matters as soon as the rate
+changes. The rate is an injected hyperparameter, set every step from
+`schedule(step) * lr_scale`; `lr_scale` lives in the train state so that the plateau rule
+(a decision made on the host after an evaluation) survives checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ("constant", "step", "plateau", "cosine")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def _ndim_mask(params):
+  """Decay kernels only: biases are the 1-D leaves."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def paper_sgd(learning_rate: float, momentum: float, weight_decay: float, nesterov: bool,
+              decay_biases: bool) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay, mask=None if decay_biases else _ndim_mask),
+      optax.scale_by_learning_rate(learning_rate),
+      optax.trace(decay=momentum, nesterov=nesterov),
+  )
+
+
+def adamw(learning_rate: float, b1: float, b2: float, weight_decay: float,
+          decay_biases: bool) -> optax.GradientTransformation:
+  return optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay,
+                     mask=None if decay_biases else _ndim_mask)
+
+
+def make_optimizer(config: Any) -> optax.GradientTransformation:
+  """The configured optimizer with `learning_rate` injected, so each step can set it."""
+  opt = config.optimizer
+  if opt.name == "sgd":
+    return optax.inject_hyperparams(paper_sgd, static_args=("nesterov", "decay_biases"))(
+        learning_rate=opt.learning_rate, momentum=opt.momentum,
+        weight_decay=opt.weight_decay, nesterov=opt.nesterov, decay_biases=opt.decay_biases)
+  if opt.name == "adamw":
+    return optax.inject_hyperparams(adamw, static_args=("decay_biases",))(
+        learning_rate=opt.learning_rate, b1=opt.b1, b2=opt.b2,
+        weight_decay=opt.weight_decay, decay_biases=opt.decay_biases)
+  raise ValueError(f"optimizer.name={opt.name!r} is not one of "
+                   f"{', '.join(map(repr, OPTIMIZERS))}.")
+
+
+def make_schedule(config: Any, steps_per_epoch: int, total_steps: int) -> Callable:
+  """step -> base learning rate (before the plateau scale)."""
+  sched = config.schedule
+  peak = config.optimizer.learning_rate
+  warmup = int(round(sched.warmup_epochs * steps_per_epoch))
+  if sched.name in ("constant", "plateau"):
+    main = optax.constant_schedule(peak)
+  elif sched.name == "step":
+    boundaries = {int(round(e * steps_per_epoch)): sched.factor
+                  for e in sched.boundaries_epochs}
+    main = optax.piecewise_constant_schedule(peak, boundaries)
+  elif sched.name == "cosine":
+    cosine = optax.cosine_decay_schedule(peak, max(1, total_steps - warmup),
+                                         alpha=sched.end_factor)
+    main = lambda step: cosine(jnp.maximum(step - warmup, 0))  # decays once warmup is over
+  else:
+    raise ValueError(f"schedule.name={sched.name!r} is not one of "
+                     f"{', '.join(map(repr, SCHEDULES))}.")
+  if warmup <= 0:
+    return main
+  # Linear warmup multiplies any schedule, so step boundaries stay at their absolute epochs.
+  return lambda step: main(step) * jnp.minimum(1.0, (step + 1) / warmup)
+
+
+@dataclasses.dataclass
+class Plateau:
+  """The paper's rule: divide the rate by 10 when eval top-1 stops improving.
+
+  Kept as plain numbers in the train state: best top-1 so far, evaluations since it improved,
+  reductions made, and the current scale.
+  """
+  factor: float
+  patience: int
+  max_reductions: int
+  min_delta: float
+
+  @staticmethod
+  def initial_state() -> dict[str, float]:
+    return {"best": -math.inf, "bad_evals": 0, "reductions": 0, "scale": 1.0}
+
+  def update(self, state: dict[str, float], top1: float) -> tuple[dict[str, float], bool]:
+    state = dict(state)
+    if top1 > state["best"] + self.min_delta:
+      state["best"], state["bad_evals"] = top1, 0
+      return state, False
+    state["bad_evals"] += 1
+    if state["bad_evals"] >= self.patience and state["reductions"] < self.max_reductions:
+      state["scale"] *= self.factor
+      state["reductions"] += 1
+      state["bad_evals"] = 0
+      return state, True
+    return state, False

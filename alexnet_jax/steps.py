@@ -1,0 +1,92 @@
+"""The jitted computations: one training step and one evaluation step.
+
+Both are pure functions of their inputs. Images arrive as uint8 and are turned into model
+inputs here, on the device: cast, resize to `model.image_size` when the host images have
+another size (Fashion-MNIST's 28x28), then `(x - mean) / std`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def device_preprocess(images: jax.Array, mean: jax.Array, std: jax.Array,
+                      image_size: int) -> jax.Array:
+  x = images.astype(jnp.float32)
+  if x.shape[-3:-1] != (image_size, image_size):
+    # Bilinear, as torchvision's Resize upsamples (d2l's Fashion-MNIST recipe).
+    x = jax.image.resize(x, x.shape[:-3] + (image_size, image_size, x.shape[-1]), "bilinear")
+  return (x - mean) / std
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  k = min(k, logits.shape[-1])
+  _, top = jax.lax.top_k(logits, k)
+  return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    lr_schedule: Callable, mean, std, image_size: int) -> Callable:
+  mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+
+  def train_step(state: dict[str, Any], batch: dict[str, jax.Array]):
+    step = state["step"]
+    # Dropout noise is a function of (seed, step): identical for any device count and resume.
+    dropout_rng = jax.random.fold_in(state["rng"], step)
+    images = device_preprocess(batch["image"], mean, std, image_size)
+    labels = batch["label"]
+
+    def loss_fn(params):
+      logits = model.apply({"params": params}, images, train=True,
+                           rngs={"dropout": dropout_rng})
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    lr = lr_schedule(step) * state["schedule"]["scale"]
+    opt_state = state["opt_state"]
+    opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+    updates, opt_state = tx.update(grads, opt_state, state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {
+        "loss": loss,
+        "top1": topk_correct(logits, labels, 1).mean(),
+        "top5": topk_correct(logits, labels, 5).mean(),
+        "lr": lr,
+    }
+    new_state = dict(state, step=step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, mean, std, image_size: int) -> Callable:
+  """Sums of loss and top-k hits over the rows whose mask is set.
+
+  With images of shape (B, crops, H, W, C) the softmax is averaged over the crops, as the
+  paper's 10-crop test did; the loss is then -log of the averaged probability.
+  """
+  mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+
+  def eval_step(params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    images = device_preprocess(batch["image"], mean, std, image_size)
+    crops = images.shape[1] if images.ndim == 5 else 1
+    flat = images.reshape((-1,) + images.shape[-3:])
+    logits = model.apply({"params": params}, flat, train=False)
+    log_probs = jax.nn.log_softmax(logits.reshape(images.shape[0], crops, -1), axis=-1)
+    log_mean_probs = jax.nn.logsumexp(log_probs, axis=1) - jnp.log(crops)
+    labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+    nll = -jnp.take_along_axis(log_mean_probs, labels[:, None], axis=-1)[:, 0]
+    return {
+        "loss": jnp.sum(nll * mask),
+        "top1": jnp.sum(topk_correct(log_mean_probs, labels, 1) * mask),
+        "top5": jnp.sum(topk_correct(log_mean_probs, labels, 5) * mask),
+        "num_examples": jnp.sum(mask),
+    }
+
+  return eval_step
