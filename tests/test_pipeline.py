@@ -1,0 +1,103 @@
+"""The shared Grain pipeline: global batch order, per-process shards, exact eval, resume."""
+
+import numpy as np
+import pytest
+
+from alexnet_jax.data import pipeline
+from alexnet_jax.data.fashion_mnist import REPO_COPY, load_split
+
+
+class Numbers:
+  """Record i is the number i; its 'image' is i plus noise drawn from the rng."""
+
+  def __init__(self, n):
+    self.n = n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    if not 0 <= i < self.n:
+      raise IndexError(i)
+    return i
+
+
+def noisy(record, rng):
+  return {"image": np.array([record, rng.integers(1000)], np.int64), "label": np.int32(record)}
+
+
+def _take(ds, count):
+  it = pipeline.to_iterator(ds, num_workers=0, prefetch_batches=1)
+  return [next(it) for _ in range(count)]
+
+
+def test_two_processes_see_exactly_the_rows_of_one():
+  kwargs = dict(seed=3, global_batch_size=8)
+  single = _take(pipeline.train_dataset(Numbers(21), noisy, **kwargs), 6)
+  halves = [_take(pipeline.train_dataset(Numbers(21), noisy, process_index=p, process_count=2,
+                                         **kwargs), 6) for p in (0, 1)]
+  for step in range(6):
+    joined = np.concatenate([halves[0][step]["image"], halves[1][step]["image"]])
+    np.testing.assert_array_equal(joined, single[step]["image"])  # same examples, same noise
+
+
+def test_each_epoch_is_a_new_permutation_of_all_examples():
+  batches = _take(pipeline.train_dataset(Numbers(16), noisy, seed=0, global_batch_size=8), 4)
+  epoch1 = np.concatenate([b["label"] for b in batches[:2]])
+  epoch2 = np.concatenate([b["label"] for b in batches[2:]])
+  assert sorted(epoch1) == sorted(epoch2) == list(range(16))
+  assert not np.array_equal(epoch1, epoch2)
+
+
+def test_iterator_state_resumes_at_the_same_batch():
+  ds = pipeline.train_dataset(Numbers(50), noisy, seed=1, global_batch_size=4)
+  it = pipeline.to_iterator(ds, num_workers=0, prefetch_batches=1)
+  for _ in range(3):
+    next(it)
+  saved = it.get_state()
+  expected = [next(it) for _ in range(3)]
+  resumed = pipeline.to_iterator(ds, num_workers=0, prefetch_batches=1)
+  resumed.set_state(saved)
+  for want in expected:
+    np.testing.assert_array_equal(next(resumed)["image"], want["image"])
+
+
+@pytest.mark.parametrize("n,batch,processes", [(37, 8, 1), (37, 8, 2), (5, 16, 4), (64, 16, 2)])
+def test_eval_counts_every_example_exactly_once(n, batch, processes):
+  seen = []
+  for p in range(processes):
+    for b in pipeline.eval_dataset(Numbers(n), noisy, global_batch_size=batch,
+                                   process_index=p, process_count=processes):
+      assert len(b["label"]) == batch // processes  # padded to a fixed shape
+      seen.extend(b["label"][b["mask"]].tolist())
+  assert sorted(seen) == list(range(n))
+
+
+def test_batch_not_divisible_by_processes_is_a_clear_error():
+  with pytest.raises(ValueError, match="not divisible"):
+    pipeline.train_dataset(Numbers(10), noisy, seed=0, global_batch_size=6, process_count=4)
+
+
+def test_bad_records_are_replaced_and_counted():
+  def fails_on_multiples_of_five(record, rng):
+    if record % 5 == 0:
+      raise pipeline.SkippableRecordError(f"record {record} is corrupt")
+    return noisy(record, rng)
+
+  batches = _take(pipeline.train_dataset(Numbers(20), fails_on_multiples_of_five, seed=0,
+                                         global_batch_size=10), 4)
+  assert sum(int(b["skipped"]) for b in batches) == 8  # 4 bad records per epoch, 2 epochs
+  assert all(label % 5 for b in batches for label in b["label"])
+
+
+def test_fashion_mnist_files_read_as_published():
+  images, labels = load_split(REPO_COPY, "train")
+  assert images.shape == (60000, 28, 28, 1) and images.dtype == np.uint8
+  assert np.bincount(labels).tolist() == [6000] * 10
+  test_images, test_labels = load_split(REPO_COPY, "test")
+  assert test_images.shape == (10000, 28, 28, 1) and np.bincount(test_labels).tolist() == [1000] * 10
+
+
+def test_missing_fashion_mnist_names_the_file(tmp_path):
+  with pytest.raises(FileNotFoundError, match="data.data_dir"):
+    load_split(tmp_path, "train")
