@@ -1,0 +1,100 @@
+"""Images/sec of the real jitted train step, on whatever devices JAX sees.
+
+  python benchmarks/train_step.py --config=configs/synthetic.py --batch=32 --steps=10
+  python benchmarks/train_step.py --config=configs/synthetic.py --batch=32 --group_impl=towers
+  python benchmarks/train_step.py --config=configs/synthetic.py --batch=32 --compare_torch
+
+Prints one JSON line per measurement. The step is the trainer's own (experiment.build), fed a
+fixed uint8 batch already on the devices, so the figure is the device compute of one step:
+forward, backward, optimizer update, metrics. With --compare_torch it then runs
+benchmarks/torch_reference.py (the same network in plain PyTorch) in a subprocess with the same
+batch, and prints the ratio, both measured in this one run.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
+_BATCH = flags.DEFINE_integer("batch", 32, "Global batch size.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up steps).")
+_GROUP_IMPL = flags.DEFINE_string("group_impl", None, "Override model.group_impl.")
+_DTYPE = flags.DEFINE_string("dtype", None, "Override model.dtype (float32 | bfloat16).")
+_COMPARE_TORCH = flags.DEFINE_bool("compare_torch", False,
+                                   "Also time benchmarks/torch_reference.py; print the ratio.")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "Alternate JAX and torch measurements this often.")
+flags.mark_flag_as_required("config")
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def measure_jax(config) -> dict:
+  import jax
+  import numpy as np
+
+  from alexnet_jax import experiment, models, parallel, state as state_lib
+
+  exp = experiment.build(config)
+  state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.mesh, config.seed)
+  size, channels = config.model.image_size, config.model.in_channels
+  rng = np.random.default_rng(0)
+  batch = parallel.to_global_batch({
+      "image": rng.integers(0, 256, (config.batch_size, size, size, channels), dtype=np.uint8),
+      "label": rng.integers(0, config.model.num_classes, config.batch_size, dtype=np.int32),
+  }, exp.mesh)
+  for _ in range(2):
+    state, metrics = exp.train_step(state, batch)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(_STEPS.value):
+    state, metrics = exp.train_step(state, batch)
+  jax.block_until_ready((state, metrics))
+  seconds = (time.perf_counter() - start) / _STEPS.value
+  return {
+      "framework": "jax", "images_per_sec": config.batch_size / seconds,
+      "step_time_ms": seconds * 1e3, "device": jax.devices()[0].device_kind,
+      "num_devices": jax.device_count(), "variant": config.model.variant,
+      "group_impl": models.resolve_group_impl(config.model.group_impl),
+      "dtype": config.model.dtype, "batch": config.batch_size,
+      "image_size": config.model.image_size,
+  }
+
+
+def measure_torch(config) -> dict:
+  command = [sys.executable, str(HERE / "torch_reference.py"), f"--batch={config.batch_size}",
+             f"--steps={_STEPS.value}", f"--image_size={config.model.image_size}"]
+  out = subprocess.run(command, capture_output=True, text=True, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  config.batch_size = _BATCH.value
+  config.eval_batch_size = _BATCH.value
+  if _GROUP_IMPL.value:
+    config.model.group_impl = _GROUP_IMPL.value
+  if _DTYPE.value:
+    config.model.dtype = _DTYPE.value
+  for _ in range(_REPEATS.value):
+    result = measure_jax(config)
+    print(json.dumps(result), flush=True)
+    if _COMPARE_TORCH.value:
+      reference = measure_torch(config)
+      print(json.dumps(reference), flush=True)
+      print(json.dumps({"metric": "jax_over_torch_images_per_sec",
+                        "ratio": result["images_per_sec"] / reference["images_per_sec"],
+                        "batch": config.batch_size, "variant": config.model.variant,
+                        "group_impl": result["group_impl"], "dtype": config.model.dtype}),
+            flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
