@@ -1,0 +1,224 @@
+"""Convert AlexNet parameters between this project's Flax tree and PyTorch's layout.
+
+Flax tree (models.py)                        PyTorch layout (this module)
+  conv{i}: kernel (kh, kw, in/groups, out)     conv{i}.weight (out, in/groups, kh, kw)
+           bias   (out,)                       conv{i}.bias   (out,)
+  fc{j}:   kernel (in, out)                    fc{j}.weight   (out, in)
+           bias   (out,)                       fc{j}.bias     (out,)
+
+Grouped convs need no reshuffling: both frameworks give group g the g-th slice of the
+input channels and of the output channels. The one real reordering is fc6's input: the
+Flax model flattens the last feature map as (H, W, C), PyTorch as (C, H, W).
+
+``load_torchvision(path)`` reads a ``torchvision.models.alexnet`` state_dict file into the
+'torchvision' variant; torch is imported only there. ``torchvision_keys_to_layout`` does
+the key renaming without torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import models
+
+CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+FC_LAYERS = ("fc6", "fc7", "fc8")
+
+# torchvision.models.alexnet state_dict key -> layout key.
+TORCHVISION_KEYS = {
+    f"{tv}.{kind}": f"{ours}.{kind}"
+    for tv, ours in (
+        ("features.0", "conv1"), ("features.3", "conv2"), ("features.6", "conv3"),
+        ("features.8", "conv4"), ("features.10", "conv5"),
+        ("classifier.1", "fc6"), ("classifier.4", "fc7"), ("classifier.6", "fc8"),
+    )
+    for kind in ("weight", "bias")
+}
+
+
+# --------------------------------------------------------------------------------------
+# Per-array layout changes
+# --------------------------------------------------------------------------------------
+
+def _hwio_to_oihw(kernel: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(kernel, (3, 2, 0, 1)))
+
+
+def _oihw_to_hwio(weight: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(weight, (2, 3, 1, 0)))
+
+
+def _fc6_feature_map(in_features: int, channels: int) -> tuple[int, int, int]:
+    """(H, W, C) of the square feature map that fc6 flattens."""
+    side = math.isqrt(in_features // channels)
+    if side * side * channels != in_features:
+        raise ValueError(f"fc6 has {in_features} inputs, which is not a square feature map "
+                         f"of {channels} channels.")
+    return side, side, channels
+
+
+def _fc6_nhwc_rows_to_nchw(kernel: np.ndarray, channels: int) -> np.ndarray:
+    """Reorder fc6 kernel rows (in, out) from (H, W, C) flatten order to (C, H, W)."""
+    h, w, c = _fc6_feature_map(kernel.shape[0], channels)
+    return kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(kernel.shape)
+
+
+def _fc6_nchw_rows_to_nhwc(kernel: np.ndarray, channels: int) -> np.ndarray:
+    h, w, c = _fc6_feature_map(kernel.shape[0], channels)
+    return kernel.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(kernel.shape)
+
+
+def _last_conv_channels(conv5_bias_shape) -> int:
+    return int(conv5_bias_shape[0])
+
+
+# --------------------------------------------------------------------------------------
+# Whole-tree conversion
+# --------------------------------------------------------------------------------------
+
+def to_torch_layout(params, variant: str) -> dict[str, np.ndarray]:
+    """Flax params -> {'conv1.weight': (O, I/groups, kH, kW), ..., 'fc8.bias'}, float32.
+
+    fc6.weight's inputs follow PyTorch's NCHW flatten of the (C, H, W) feature map.
+    """
+    models._check_choice("variant", variant, models.VARIANTS)
+    arrays = {}
+    for layer in CONV_LAYERS:
+        arrays[f"{layer}.weight"] = _hwio_to_oihw(np.asarray(params[layer]["kernel"], np.float32))
+        arrays[f"{layer}.bias"] = np.asarray(params[layer]["bias"], np.float32)
+    channels = _last_conv_channels(arrays["conv5.bias"].shape)
+    for layer in FC_LAYERS:
+        kernel = np.asarray(params[layer]["kernel"], np.float32)
+        if layer == "fc6":
+            kernel = _fc6_nhwc_rows_to_nchw(kernel, channels)
+        arrays[f"{layer}.weight"] = np.ascontiguousarray(kernel.T)
+        arrays[f"{layer}.bias"] = np.asarray(params[layer]["bias"], np.float32)
+    return arrays
+
+
+def expected_torch_shapes(variant: str, **model_kwargs) -> dict[str, tuple]:
+    """Shapes of every layout key for a model config (computed abstractly, no FLOPs)."""
+    model = models.create_model(variant=variant, **model_kwargs)
+    images = jax.ShapeDtypeStruct(
+        (1, model.image_size, model.image_size, model.in_channels), jnp.float32)
+    abstract = jax.eval_shape(
+        lambda x: model.init({"params": jax.random.key(0)}, x, train=False), images)["params"]
+    shapes = {}
+    for layer in CONV_LAYERS + FC_LAYERS:
+        kernel = abstract[layer]["kernel"].shape
+        order = (3, 2, 0, 1) if layer in CONV_LAYERS else (1, 0)
+        shapes[f"{layer}.weight"] = tuple(kernel[i] for i in order)
+        shapes[f"{layer}.bias"] = tuple(abstract[layer]["bias"].shape)
+    return shapes
+
+
+def _check_layout(arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple],
+                  variant: str, model_kwargs: Mapping) -> None:
+    config_note = (f"variant {variant!r}" +
+                   (f" with {dict(model_kwargs)}" if model_kwargs else " with default config"))
+    missing = [key for key in expected if key not in arrays]
+    if missing:
+        raise ValueError(f"Missing key {missing[0]!r} for {config_note} "
+                         f"(all missing: {missing}).")
+    unexpected = sorted(set(arrays) - set(expected))
+    if unexpected:
+        raise ValueError(f"Unexpected key(s) {unexpected} for {config_note}; "
+                         f"expected exactly {list(expected)}.")
+    for key, shape in expected.items():
+        found = tuple(np.shape(arrays[key]))
+        if found != shape:
+            hint = ""
+            if key.startswith("fc8"):
+                hint = " (pass num_classes=... to match the file)"
+            elif key == "conv1.weight":
+                hint = " (pass in_channels=... to match the file)"
+            elif key == "fc6.weight" and variant == "d2l":
+                hint = " (pass the image_size the weights were trained at)"
+            raise ValueError(f"Shape mismatch for {key!r} with {config_note}: expected "
+                             f"{shape}, found {found}{hint}.")
+
+
+def from_torch_layout(arrays: Mapping[str, np.ndarray], variant: str, **model_kwargs) -> dict:
+    """Exact inverse of ``to_torch_layout``; returns the Flax params tree (float32).
+
+    ``model_kwargs`` (config.model fields: num_classes, in_channels, image_size, ...)
+    give the expected shapes; each key and shape is checked, with a clear ValueError.
+    """
+    expected = expected_torch_shapes(variant, **model_kwargs)
+    _check_layout(arrays, expected, variant, model_kwargs)
+    channels = _last_conv_channels(expected["conv5.bias"])
+    params = {}
+    for layer in CONV_LAYERS:
+        weight = np.asarray(arrays[f"{layer}.weight"], np.float32)
+        params[layer] = {"kernel": _oihw_to_hwio(weight),
+                         "bias": np.asarray(arrays[f"{layer}.bias"], np.float32)}
+    for layer in FC_LAYERS:
+        kernel = np.ascontiguousarray(np.asarray(arrays[f"{layer}.weight"], np.float32).T)
+        if layer == "fc6":
+            kernel = _fc6_nchw_rows_to_nhwc(kernel, channels)
+        params[layer] = {"kernel": kernel,
+                         "bias": np.asarray(arrays[f"{layer}.bias"], np.float32)}
+    return jax.tree_util.tree_map(jnp.asarray, params)
+
+
+# --------------------------------------------------------------------------------------
+# torchvision
+# --------------------------------------------------------------------------------------
+
+def _strip_wrapper_prefix(key: str) -> str:
+    # nn.DataParallel / DistributedDataParallel checkpoints prefix every key with 'module.'.
+    return key[len("module."):] if key.startswith("module.") else key
+
+
+def torchvision_keys_to_layout(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rename torchvision alexnet keys ('features.0.weight', ...) to layout keys.
+
+    Works on any mapping of array-likes (no torch needed); raises ValueError naming the
+    first missing torchvision key.
+    """
+    renamed = {_strip_wrapper_prefix(k): v for k, v in state_dict.items()}
+    missing = [k for k in TORCHVISION_KEYS if k not in renamed]
+    if missing:
+        raise ValueError(f"Not a torchvision alexnet state_dict: missing key {missing[0]!r} "
+                         f"(all missing: {missing}).")
+    return {ours: np.asarray(renamed[tv], np.float32) for tv, ours in TORCHVISION_KEYS.items()}
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError("load_torchvision needs PyTorch to read the file: "
+                          "`pip install torch` (or `pip install alexnet_jax[torch]`).") from err
+    return torch
+
+
+def load_torchvision(path: str | os.PathLike, **model_kwargs) -> dict:
+    """Read a torchvision ``alexnet`` state_dict file into 'torchvision'-variant params.
+
+    num_classes and in_channels are taken from the file unless given in ``model_kwargs``.
+    """
+    torch = _import_torch()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No torchvision state_dict file at {path!r}.")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle/zip errors from a corrupt or foreign file
+        raise ValueError(f"Could not read {path!r} as a PyTorch state_dict: {err}") from err
+    if isinstance(loaded, Mapping) and "state_dict" in loaded:
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{path!r} holds a {type(loaded).__name__}, not a state_dict; "
+                         "save it with torch.save(model.state_dict(), path).")
+    arrays = torchvision_keys_to_layout(
+        {k: v.detach().float().cpu().numpy() for k, v in loaded.items() if hasattr(v, "detach")})
+    model_kwargs.setdefault("num_classes", int(arrays["fc8.bias"].shape[0]))
+    model_kwargs.setdefault("in_channels", int(arrays["conv1.weight"].shape[1]))
+    return from_torch_layout(arrays, "torchvision", **model_kwargs)

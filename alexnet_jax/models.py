@@ -1,0 +1,566 @@
+"""AlexNet variants in Flax linen: the paper's two-tower net, torchvision's and d2l's.
+
+Three variants share one module and one parameter tree
+(``conv1`` .. ``conv5``, ``fc6`` .. ``fc8``, each with ``kernel`` and ``bias``):
+
+- ``paper``: Krizhevsky, Sutskever & Hinton (2012). Two towers (grouped conv2/4/5),
+  local response normalization after conv1 and conv2, computed inside each tower.
+- ``torchvision``: ``torchvision.models.alexnet`` (single tower, 64/192/384/256/256,
+  no LRN, adaptive average pool to 6x6).
+- ``d2l``: the Dive-into-Deep-Learning textbook net (single tower, 96/256/384/384/256,
+  no LRN), 1 input channel and 10 classes for Fashion-MNIST at 224x224.
+
+Conv and dense parameters are written by hand with ``self.param`` so that the grouped
+kernel ``(kh, kw, in/groups, out)`` is the same array whether the groups run as two
+separate convolutions ("towers") or one ``feature_group_count=2`` convolution.
+Checkpoints are therefore interchangeable between the two implementations.
+
+Functional facade (what scripts and tests use)::
+
+    params = init('paper', seed=0)                      # the 'params' pytree
+    out = logits('paper', params, images)               # eval mode, float32 logits
+    count_params(params)                                # 60_965_224
+    layer_shapes('d2l')                                 # {'conv1': (54, 54, 96), ...}
+
+See docs/model.md for the design notes (LRN convention, 224 vs 227, init, towers).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+VARIANTS = ("paper", "torchvision", "d2l")
+INIT_SCHEMES = ("paper", "caffe", "xavier", "torch")
+GROUP_IMPLS = ("auto", "towers", "feature_group_count")
+DTYPES = ("float32", "bfloat16")
+PAPER_IMAGE_SIZES = (224, 227)
+
+LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+# Per variant and conv layer: (out_channels, kernel, stride, padding, groups).
+# The paper's conv1 padding depends on image_size and is filled in by _conv_specs.
+_CONV_SPECS = {
+    "paper": {
+        "conv1": (96, 11, 4, None, 1),
+        "conv2": (256, 5, 1, 2, 2),
+        "conv3": (384, 3, 1, 1, 1),  # the only conv that mixes the two towers
+        "conv4": (384, 3, 1, 1, 2),
+        "conv5": (256, 3, 1, 1, 2),
+    },
+    "torchvision": {
+        "conv1": (64, 11, 4, 2, 1),
+        "conv2": (192, 5, 1, 2, 1),
+        "conv3": (384, 3, 1, 1, 1),
+        "conv4": (256, 3, 1, 1, 1),
+        "conv5": (256, 3, 1, 1, 1),
+    },
+    "d2l": {
+        "conv1": (96, 11, 4, 1, 1),
+        "conv2": (256, 5, 1, 2, 1),
+        "conv3": (384, 3, 1, 1, 1),
+        "conv4": (384, 3, 1, 1, 1),
+        "conv5": (256, 3, 1, 1, 1),
+    },
+}
+# Max-pool 3x3 stride 2 ("overlapping pooling") follows these convs in every variant.
+_POOLED_AFTER = ("conv1", "conv2", "conv5")
+POOL_WINDOW, POOL_STRIDE = 3, 2
+FC_HIDDEN = 4096
+TORCHVISION_POOL_OUTPUT = 6  # AdaptiveAvgPool2d((6, 6))
+
+# The paper runs two towers: every grouped conv and the LRN use this many groups.
+PAPER_TOWERS = 2
+
+_STAGE_SUFFIX = "_output"
+STAGES = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5",
+          "avgpool", "flatten", "fc6", "fc7", "fc8")
+
+# Config field names as they appear under config.model.* . The module field for `init`
+# is called `init_scheme`, because a field named `init` would shadow `nn.Module.init`.
+CONFIG_FIELDS = (
+    "variant", "num_classes", "in_channels", "image_size", "dropout_rate", "dtype",
+    "init", "group_impl", "lrn_k", "lrn_size", "lrn_alpha", "lrn_beta",
+    "lrn_alpha_divided_by_size",
+)
+
+
+# --------------------------------------------------------------------------------------
+# Config defaults and validation
+# --------------------------------------------------------------------------------------
+
+def _quoted(values) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+def _check_choice(field: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"model.{field}={value!r} is not one of {_quoted(allowed)}.")
+
+
+def default_model_config(variant: str) -> dict:
+    """Default value of every ``config.model.*`` field for ``variant``."""
+    _check_choice("variant", variant, VARIANTS)
+    common = dict(
+        variant=variant, dropout_rate=0.5, dtype="float32", group_impl="auto",
+        lrn_k=2.0, lrn_size=5, lrn_alpha=1e-4, lrn_beta=0.75,
+        lrn_alpha_divided_by_size=True,
+    )
+    per_variant = {
+        # The paper states 224x224 inputs; 227 (Caffe's choice) is also supported.
+        "paper": dict(num_classes=1000, in_channels=3, image_size=224, init="paper"),
+        "torchvision": dict(num_classes=1000, in_channels=3, image_size=224, init="torch"),
+        "d2l": dict(num_classes=10, in_channels=1, image_size=224, init="xavier"),
+    }[variant]
+    return {**common, **per_variant}
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Spatial output size of a conv/pool (floor mode, as PyTorch and Caffe's conv)."""
+    if size + 2 * padding < kernel:
+        return 0
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _paper_conv1_padding(image_size: int) -> int:
+    # 227 gives 55x55 with no padding (Caffe); 224 needs padding 2 (torchvision's choice).
+    return 0 if image_size == 227 else 2
+
+
+def _conv_specs(variant: str, image_size: int) -> dict:
+    specs = dict(_CONV_SPECS[variant])
+    if variant == "paper":
+        out, k, s, _, g = specs["conv1"]
+        specs["conv1"] = (out, k, s, _paper_conv1_padding(image_size), g)
+    return specs
+
+
+def feature_map_size(variant: str, image_size: int) -> int:
+    """Height (= width) of the last pooled feature map, 0 if it vanishes on the way."""
+    size = image_size
+    for name, (_, kernel, stride, padding, _) in _conv_specs(variant, image_size).items():
+        size = _conv_out(size, kernel, stride, padding)
+        if name in _POOLED_AFTER:
+            size = _conv_out(size, POOL_WINDOW, POOL_STRIDE, 0)
+        if size <= 0:
+            return 0
+    return size
+
+
+@functools.lru_cache(maxsize=None)
+def min_image_size(variant: str) -> int:
+    """Smallest image_size whose feature maps do not vanish before fc6."""
+    size = 1
+    while feature_map_size(variant, size) <= 0:
+        size += 1
+    return size
+
+
+def validate_model_config(cfg: Mapping[str, Any]) -> None:
+    """Raise ValueError with the offending ``model.<field>`` for any bad value."""
+    variant = cfg["variant"]
+    _check_choice("variant", variant, VARIANTS)
+    _check_choice("init", cfg["init"], INIT_SCHEMES)
+    _check_choice("group_impl", cfg["group_impl"], GROUP_IMPLS)
+    _check_choice("dtype", cfg["dtype"], DTYPES)
+    for field in ("num_classes", "in_channels", "image_size", "lrn_size"):
+        value = cfg[field]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"model.{field}={value!r} must be a positive integer.")
+    image_size = cfg["image_size"]
+    if variant == "paper":
+        if image_size not in PAPER_IMAGE_SIZES:
+            raise ValueError(
+                f"model.image_size={image_size!r} is not supported by the paper variant; "
+                f"use one of {_quoted(PAPER_IMAGE_SIZES)} (both give 55x55 after conv1)."
+            )
+    elif feature_map_size(variant, image_size) <= 0:
+        raise ValueError(
+            f"model.image_size={image_size!r} is too small for the {variant} variant: the "
+            f"feature map vanishes before fc6; the minimum is {min_image_size(variant)}."
+        )
+    if not 0.0 <= cfg["dropout_rate"] < 1.0:
+        raise ValueError(f"model.dropout_rate={cfg['dropout_rate']!r} must be in [0, 1).")
+
+
+def create_model(**model_kwargs) -> "AlexNet":
+    """Build a validated AlexNet from ``config.model.*`` fields.
+
+    Missing fields take ``default_model_config(variant)`` (variant defaults to 'paper').
+    ``init`` is the config name of the module field ``init_scheme``; either is accepted.
+    """
+    kwargs = dict(model_kwargs)
+    if "init_scheme" in kwargs:
+        if "init" in kwargs:
+            raise ValueError("Give model.init or init_scheme, not both.")
+        kwargs["init"] = kwargs.pop("init_scheme")
+    unknown = sorted(set(kwargs) - set(CONFIG_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"Unknown model config field(s) {_quoted(unknown)}; "
+            f"known fields: {_quoted(CONFIG_FIELDS)}."
+        )
+    cfg = {**default_model_config(kwargs.get("variant", "paper")), **kwargs}
+    validate_model_config(cfg)
+    cfg["init_scheme"] = cfg.pop("init")
+    return AlexNet(**cfg)
+
+
+# --------------------------------------------------------------------------------------
+# Initializers
+# --------------------------------------------------------------------------------------
+
+Initializer = Callable[[jax.Array, tuple, Any], jax.Array]
+
+# Layers whose bias the paper sets to 1 (Caffe: 0.1) so ReLUs start in their active part.
+_POSITIVE_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
+
+
+def _uniform(bound: float) -> Initializer:
+    def init_fn(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init_fn
+
+
+def layer_initializers(scheme: str, layer: str, fan_in: int) -> tuple[Initializer, Initializer]:
+    """(kernel_init, bias_init) of ``layer`` under init ``scheme``.
+
+    fan_in is kh*kw*in_channels/groups for convs and in_features for dense layers.
+    """
+    positive_bias = layer in _POSITIVE_BIAS_LAYERS
+    if scheme == "paper":
+        return (nn.initializers.normal(0.01),
+                nn.initializers.constant(1.0 if positive_bias else 0.0))
+    if scheme == "caffe":
+        std = 0.005 if layer in ("fc6", "fc7") else 0.01
+        return (nn.initializers.normal(std),
+                nn.initializers.constant(0.1 if positive_bias else 0.0))
+    if scheme == "xavier":
+        # HWIO / (in, out) layouts give the same fans as PyTorch's xavier_uniform_.
+        return nn.initializers.glorot_uniform(), nn.initializers.zeros
+    if scheme == "torch":
+        # kaiming_uniform_(a=sqrt(5)) reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        bound = 1.0 / math.sqrt(fan_in)
+        return _uniform(bound), _uniform(bound)
+    raise ValueError(f"model.init={scheme!r} is not one of {_quoted(INIT_SCHEMES)}.")
+
+
+# --------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------
+
+def resolve_group_impl(group_impl: str) -> str:
+    """'auto' -> 'towers' on XLA:CPU (about 3x faster to train), else one grouped conv."""
+    _check_choice("group_impl", group_impl, GROUP_IMPLS)
+    if group_impl != "auto":
+        return group_impl
+    return "towers" if jax.default_backend() == "cpu" else "feature_group_count"
+
+
+def _conv(x, kernel, stride: int, padding: int, groups: int):
+    return jax.lax.conv_general_dilated(
+        x, kernel,
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+
+
+def grouped_conv(x, kernel, *, stride: int, padding: int, groups: int, impl: str):
+    """Convolution with ``groups`` groups; kernel is HWIO with I = in_channels / groups.
+
+    'feature_group_count' runs one XLA grouped conv; 'towers' runs one conv per group on
+    the matching slices of input channels and kernel output channels, then concatenates.
+    Both follow the same grouping (group g: inputs and outputs of the g-th slice).
+    """
+    if groups == 1 or impl == "feature_group_count":
+        return _conv(x, kernel, stride, padding, groups)
+    inputs = jnp.split(x, groups, axis=-1)
+    kernels = jnp.split(kernel, groups, axis=-1)
+    towers = [_conv(xi, ki, stride, padding, 1) for xi, ki in zip(inputs, kernels)]
+    return jnp.concatenate(towers, axis=-1)
+
+
+def local_response_norm(x, *, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
+                        beta: float = 0.75, alpha_divided_by_size: bool = True,
+                        groups: int = 1):
+    """Local response normalization across channels (last axis), within each group.
+
+    b_c = a_c / (k + alpha' * sum_{c' in window(c)} a_c'^2) ** beta, where
+    alpha' = alpha / size if alpha_divided_by_size else alpha. The window covers channels
+    c - size//2 .. c + (size-1)//2 of the same group (PyTorch's LocalResponseNorm; for odd
+    size it is centred on c). Channels of another group (tower) are never neighbours.
+    Computed in float32 whatever the input dtype; returned in the input dtype.
+    """
+    channels = x.shape[-1]
+    if channels % groups:
+        raise ValueError(f"LRN: {channels} channels do not split into {groups} groups.")
+    a = x.astype(jnp.float32)
+    squares = jnp.square(a).reshape(*a.shape[:-1], groups, channels // groups)
+    before, after = size // 2, (size - 1) // 2
+    pad = [(0, 0)] * (squares.ndim - 1) + [(before, after)]
+    padded = jnp.pad(squares, pad)  # zero padding at each group's edges keeps groups apart
+    width = channels // groups
+    window_sum = sum(padded[..., i:i + width] for i in range(size))
+    window_sum = window_sum.reshape(a.shape)
+    scale = alpha / size if alpha_divided_by_size else alpha
+    out = a * jnp.power(k + scale * window_sum, -beta)
+    return out.astype(x.dtype)
+
+
+def adaptive_avg_pool(x, output_size: int):
+    """PyTorch's AdaptiveAvgPool2d on NHWC: bin i covers [floor(iH/n), ceil((i+1)H/n))."""
+    height, width = x.shape[1], x.shape[2]
+    if height == output_size and width == output_size:
+        return x  # identity, and exactly so
+
+    def averaging_matrix(length: int) -> np.ndarray:
+        matrix = np.zeros((output_size, length), np.float32)
+        for i in range(output_size):
+            start = (i * length) // output_size
+            end = -((-(i + 1) * length) // output_size)  # ceil division
+            matrix[i, start:end] = 1.0 / (end - start)
+        return matrix
+
+    rows = jnp.asarray(averaging_matrix(height), x.dtype)
+    cols = jnp.asarray(averaging_matrix(width), x.dtype)
+    return jnp.einsum("ih,nhwc,jw->nijc", rows, x, cols)
+
+
+def max_pool(x):
+    return nn.max_pool(x, (POOL_WINDOW, POOL_WINDOW), strides=(POOL_STRIDE, POOL_STRIDE),
+                       padding="VALID")
+
+
+class Conv(nn.Module):
+    """Square conv with HWIO kernel (kh, kw, in/groups, out) and bias, float32 params."""
+
+    features: int
+    kernel_size: int
+    stride: int
+    padding: int
+    groups: int
+    group_impl: str
+    init_scheme: str
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        in_channels = x.shape[-1]
+        if in_channels % self.groups or self.features % self.groups:
+            raise ValueError(f"{self.name}: channels {in_channels}->{self.features} "
+                             f"do not split into {self.groups} groups.")
+        shape = (self.kernel_size, self.kernel_size, in_channels // self.groups, self.features)
+        kernel_init, bias_init = layer_initializers(
+            self.init_scheme, self.name, fan_in=int(np.prod(shape[:-1])))
+        kernel = self.param("kernel", kernel_init, shape, jnp.float32)
+        bias = self.param("bias", bias_init, (self.features,), jnp.float32)
+        y = grouped_conv(x.astype(self.dtype), kernel.astype(self.dtype),
+                         stride=self.stride, padding=self.padding, groups=self.groups,
+                         impl=self.group_impl)
+        return y + bias.astype(self.dtype)
+
+
+class Dense(nn.Module):
+    """Dense layer with kernel (in, out) and bias, float32 params."""
+
+    features: int
+    init_scheme: str
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (x.shape[-1], self.features)
+        kernel_init, bias_init = layer_initializers(self.init_scheme, self.name, fan_in=shape[0])
+        kernel = self.param("kernel", kernel_init, shape, jnp.float32)
+        bias = self.param("bias", bias_init, (self.features,), jnp.float32)
+        return x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------
+
+class AlexNet(nn.Module):
+    """AlexNet; fields are the ``config.model.*`` fields (``init`` -> ``init_scheme``).
+
+    Call with NHWC float images (already normalized) and ``train``; dropout draws from
+    the 'dropout' rng collection. Only a 'params' collection; logits are float32.
+    Prefer ``create_model(**config.model)``, which validates and fills defaults.
+    """
+
+    variant: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    init_scheme: str
+    dropout_rate: float = 0.5
+    dtype: str = "float32"
+    group_impl: str = "auto"
+    lrn_k: float = 2.0
+    lrn_size: int = 5
+    lrn_alpha: float = 1e-4
+    lrn_beta: float = 0.75
+    lrn_alpha_divided_by_size: bool = True
+
+    def config(self) -> dict:
+        """The fields as a ``config.model`` dict (with ``init``, not ``init_scheme``)."""
+        cfg = {f: getattr(self, f) for f in CONFIG_FIELDS if f != "init"}
+        cfg["init"] = self.init_scheme
+        return cfg
+
+    def _check_images(self, images) -> None:
+        expected = (self.image_size, self.image_size, self.in_channels)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"AlexNet expects NHWC images of shape (N, {expected[0]}, {expected[1]}, "
+                f"{expected[2]}) from model.image_size={self.image_size} and "
+                f"model.in_channels={self.in_channels}, got {tuple(images.shape)}."
+            )
+
+    def _record(self, stage: str, x) -> None:
+        # Sown names may not equal submodule names, hence the suffix; layer_shapes strips it.
+        self.sow("intermediates", stage + _STAGE_SUFFIX, x)
+
+    def _lrn(self, x):
+        return local_response_norm(
+            x, size=self.lrn_size, k=self.lrn_k, alpha=self.lrn_alpha, beta=self.lrn_beta,
+            alpha_divided_by_size=self.lrn_alpha_divided_by_size, groups=PAPER_TOWERS)
+
+    @nn.compact
+    def __call__(self, images, *, train: bool):
+        validate_model_config(self.config())
+        self._check_images(images)
+        dtype = jnp.dtype(self.dtype)
+        group_impl = resolve_group_impl(self.group_impl)
+        x = images.astype(dtype)
+
+        for name, (features, kernel, stride, padding, groups) in _conv_specs(
+                self.variant, self.image_size).items():
+            x = Conv(features, kernel, stride, padding, groups, group_impl,
+                     self.init_scheme, dtype, name=name)(x)
+            x = nn.relu(x)
+            self._record(name, x)
+            if self.variant == "paper" and name in ("conv1", "conv2"):
+                x = self._lrn(x)  # after ReLU, before pooling, as in the paper
+            if name in _POOLED_AFTER:
+                x = max_pool(x)
+                self._record(name.replace("conv", "pool"), x)
+
+        if self.variant == "torchvision":
+            x = adaptive_avg_pool(x, TORCHVISION_POOL_OUTPUT)
+            self._record("avgpool", x)
+        x = x.reshape(x.shape[0], -1)  # NHWC flatten; convert.py reorders for PyTorch
+        self._record("flatten", x)
+        x = self._classifier(x, train)
+        return x.astype(jnp.float32)
+
+    def _classifier(self, x, train: bool):
+        dtype = jnp.dtype(self.dtype)
+        dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+        dense = functools.partial(Dense, init_scheme=self.init_scheme, dtype=dtype)
+        # torchvision drops fc6's and fc7's inputs; paper and d2l drop fc6's and fc7's
+        # outputs after the ReLU (= the inputs of fc7 and fc8).
+        drop_before = self.variant == "torchvision"
+        for name in ("fc6", "fc7"):
+            if drop_before:
+                x = dropout(x)
+            x = nn.relu(dense(FC_HIDDEN, name=name)(x))
+            if not drop_before:
+                x = dropout(x)
+            self._record(name, x)
+        x = dense(self.num_classes, name="fc8")(x)
+        self._record("fc8", x)
+        return x
+
+
+# --------------------------------------------------------------------------------------
+# Functional facade
+# --------------------------------------------------------------------------------------
+
+def _dummy_images(model: AlexNet, batch: int = 1):
+    return jnp.zeros((batch, model.image_size, model.image_size, model.in_channels),
+                     jnp.float32)
+
+
+def init(variant: str, seed: int, **model_kwargs) -> dict:
+    """Fresh parameters: the pytree under 'params' (what the trainer checkpoints).
+
+    ``model_kwargs`` are ``config.model.*`` fields; missing ones take the variant defaults.
+    Deterministic in ``seed`` (threefry), whatever the backend.
+    """
+    return _jitted_init(_init_cache_key(variant, model_kwargs))(jax.random.key(seed))
+
+
+# Jitted functions are cached per model config: a fresh jax.jit per call would recompile.
+# Keys are full configs with 'auto' resolved, so equivalent spellings share one compile.
+def _logits_cache_key(variant: str, model_kwargs: Mapping) -> tuple:
+    cfg = create_model(variant=variant, **model_kwargs).config()
+    cfg["group_impl"] = resolve_group_impl(cfg["group_impl"])
+    return tuple(sorted(cfg.items()))
+
+
+# Fields that change neither the parameter shapes nor their initial values.
+_FORWARD_ONLY_FIELDS = ("dropout_rate", "dtype", "group_impl", "lrn_k", "lrn_size",
+                        "lrn_alpha", "lrn_beta", "lrn_alpha_divided_by_size")
+
+
+def _init_cache_key(variant: str, model_kwargs: Mapping) -> tuple:
+    cfg = create_model(variant=variant, **model_kwargs).config()
+    defaults = default_model_config(variant)
+    cfg.update({field: defaults[field] for field in _FORWARD_ONLY_FIELDS})
+    if variant != "d2l":  # fc6 sees 6x6x256 whatever the image size
+        cfg["image_size"] = defaults["image_size"]
+    return tuple(sorted(cfg.items()))
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_init(frozen_kwargs: tuple) -> Callable:
+    model = create_model(**dict(frozen_kwargs))
+    return jax.jit(
+        lambda key: model.init({"params": key}, _dummy_images(model), train=False)["params"])
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_logits(frozen_kwargs: tuple) -> Callable:
+    model = create_model(**dict(frozen_kwargs))
+    return jax.jit(lambda params, images: model.apply({"params": params}, images, train=False))
+
+
+def logits(variant: str, params, images, **model_kwargs) -> jax.Array:
+    """Eval-mode float32 logits for NHWC float32 normalized ``images`` (jitted, cached)."""
+    key = _logits_cache_key(variant, model_kwargs)
+    return _jitted_logits(key)(params, jnp.asarray(images, jnp.float32))
+
+
+def count_params(params) -> int:
+    """Number of scalar parameters in a pytree."""
+    return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+def layer_shapes(variant: str, **model_kwargs) -> dict[str, tuple]:
+    """Per-example output shape (H, W, C) or (features,) of every stage, in order.
+
+    Stages: conv1 (after ReLU), pool1, conv2, pool2, conv3, conv4, conv5, pool5,
+    avgpool (torchvision only), flatten, fc6, fc7, fc8. Computed abstractly (no FLOPs).
+    """
+    model = create_model(variant=variant, **model_kwargs)
+
+    def forward():
+        images = _dummy_images(model)
+        variables = model.init({"params": jax.random.key(0)}, images, train=False)
+        _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
+        return state["intermediates"]
+
+    sown = jax.eval_shape(forward)
+    # sow stores a tuple of values per name; pytrees come back with sorted keys.
+    shapes = {name.removesuffix(_STAGE_SUFFIX): tuple(values[0].shape[1:])
+              for name, values in sown.items()}
+    return {stage: shapes[stage] for stage in STAGES if stage in shapes}
