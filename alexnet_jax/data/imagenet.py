@@ -1,0 +1,353 @@
+"""ImageNet (ILSVRC-2012) sources: the TFDS ArrayRecord build, or an extracted folder tree.
+
+`data.source` picks how `data.data_dir` is read:
+
+- `tfds`: `<data_dir>/imagenet2012/<version>/` prepared as ArrayRecord (by
+  `python -m alexnet_jax.prepare`, or by tfds itself). Read with `tfds.data_source` and
+  `SkipDecoding`, so no TensorFlow is needed at run time; records carry the JPEG bytes.
+- `folder`: `<data_dir>/train/<wnid>/*.JPEG`, and `<data_dir>/val/<wnid>/*.JPEG` or a flat
+  `<data_dir>/val/ILSVRC2012_val_XXXXXXXX.JPEG` labelled by the 50,000 validation labels that
+  ship inside the tensorflow-datasets package.
+- `auto`: whichever of the two `data_dir` holds (tfds first).
+
+Labels are always the position of the wnid in the standard 1000-class order
+(`imagenet_labels/imagenet2012_synsets.txt`), never the listing order of a partial copy. Every
+layout problem is reported by `build(config)`, before any training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.resources
+import json
+import logging
+import os
+import pathlib
+import re
+from typing import Any
+
+import numpy as np
+
+from alexnet_jax.data import DataInfo, SourceSpec, pipeline, transforms
+
+TFDS_NAME = "imagenet2012"
+TFDS_SPLITS = {"train": "train", "eval": "validation"}
+NUM_CLASSES = 1000
+NUM_VALIDATION_IMAGES = 50_000
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+VALIDATION_FILE = re.compile(r"ILSVRC2012_val_(\d{8})\.(?:JPEG|jpeg|jpg|JPG|png|PNG)")
+VERSION = re.compile(r"\d+\.\d+\.\d+")
+# Written next to dataset_info.json by `alexnet_jax.prepare` (how the images were stored).
+PREPARE_INFO_FILE = "alexnet_jax_prepare.json"
+
+PREPARE_COMMAND = ("python -m alexnet_jax.prepare --tars_dir=DIR_WITH_ILSVRC2012_TARS "
+                   "--data_dir={data_dir} [--resize_shorter=256]")
+
+
+# --------------------------------------------------------------------------------------------
+# Class lists
+
+
+def _package_text(*parts: str) -> str:
+  resource = importlib.resources.files("alexnet_jax.data").joinpath("imagenet_labels", *parts)
+  return resource.read_text(encoding="utf-8")
+
+
+@functools.cache
+def standard_wnids() -> tuple[str, ...]:
+  """The 1000 wnids in the standard ILSVRC-2012 order (line i is class i)."""
+  wnids = tuple(_package_text("imagenet2012_synsets.txt").split())
+  assert len(wnids) == NUM_CLASSES, "imagenet2012_synsets.txt must list 1000 wnids"
+  return wnids
+
+
+@functools.cache
+def wnid_to_label() -> dict[str, int]:
+  return {wnid: i for i, wnid in enumerate(standard_wnids())}
+
+
+@functools.cache
+def class_names() -> tuple[str, ...]:
+  """WordNet names of the 1000 classes ('tench, Tinca tinca', ...), standard order."""
+  lines = _package_text("synset_words.txt").splitlines()
+  names = tuple(line.split(" ", 1)[1] for line in lines if line.strip())
+  assert len(names) == NUM_CLASSES, "synset_words.txt must list 1000 classes"
+  return names
+
+
+@functools.cache
+def validation_wnids() -> tuple[str, ...]:
+  """The wnid of each of the 50,000 validation images, in file-number order.
+
+  Read from the copy inside the installed tensorflow-datasets package; never downloaded.
+  """
+  for relative in ("datasets/imagenet2012/validation_labels.txt",
+                   "image_classification/imagenet2012_validation_labels.txt"):
+    resource = importlib.resources.files("tensorflow_datasets").joinpath(relative)
+    if resource.is_file():
+      wnids = tuple(resource.read_text(encoding="utf-8").split())
+      if len(wnids) == NUM_VALIDATION_IMAGES:
+        return wnids
+  raise FileNotFoundError(
+      "The ILSVRC-2012 validation labels were not found in the installed tensorflow-datasets "
+      "package (datasets/imagenet2012/validation_labels.txt). Reinstall tensorflow-datasets, "
+      "or arrange val/ as val/<wnid>/*.JPEG.")
+
+
+def validation_label(file_name: str) -> int:
+  """Class index of a flat validation file `ILSVRC2012_val_00000001.JPEG`."""
+  match = VALIDATION_FILE.fullmatch(file_name)
+  if match is None:
+    raise ValueError(f"{file_name!r} is not named like a validation image "
+                     "(ILSVRC2012_val_XXXXXXXX.JPEG).")
+  number = int(match.group(1))
+  if not 1 <= number <= NUM_VALIDATION_IMAGES:
+    raise ValueError(f"{file_name!r}: validation images are numbered 1 to 50000.")
+  return wnid_to_label()[validation_wnids()[number - 1]]
+
+
+# --------------------------------------------------------------------------------------------
+# Layout errors
+
+
+def layout_help(data_dir: str) -> str:
+  shown = data_dir or "DATA_DIR"
+  return (
+      "Expected one of these layouts:\n"
+      f"  tfds:   {shown}/imagenet2012/<version>/dataset_info.json and "
+      "imagenet2012-{train,validation}.array_record-* shards\n"
+      f"          (build it: {PREPARE_COMMAND.format(data_dir=shown)})\n"
+      f"  folder: {shown}/train/<wnid>/*.JPEG and {shown}/val/<wnid>/*.JPEG or "
+      f"{shown}/val/ILSVRC2012_val_XXXXXXXX.JPEG\n"
+      "          (the two ImageNet tars extracted; wnids like n01440764)\n"
+      "Point --config.data.data_dir at that folder and set --config.data.source to tfds, "
+      "folder or auto.")
+
+
+def missing_data_error(data_dir: str, problem: str) -> Exception:
+  message = f"ImageNet not found: {problem}.\n{layout_help(data_dir)}"
+  if data_dir and not os.path.exists(data_dir):
+    return FileNotFoundError(message)
+  return ValueError(message)
+
+
+# --------------------------------------------------------------------------------------------
+# tfds (ArrayRecord) source
+
+
+def tfds_default_data_dir() -> str:
+  import tensorflow_datasets as tfds
+  return os.fspath(tfds.core.constants.DATA_DIR)
+
+
+def prepared_tfds_versions(data_dir: str) -> list[str]:
+  """Versions of imagenet2012 under data_dir that have a dataset_info.json, oldest first."""
+  root = pathlib.Path(data_dir) / TFDS_NAME
+  if not root.is_dir():
+    return []
+  # Only finished builds: tfds and alexnet_jax.prepare write into `<version>.incomplete*`.
+  versions = [d.name for d in root.iterdir()
+              if VERSION.fullmatch(d.name) and (d / "dataset_info.json").is_file()]
+  return sorted(versions, key=lambda v: tuple(int(part) for part in v.split(".")))
+
+
+def _check_array_record(version_dir: pathlib.Path) -> dict[str, Any]:
+  info = json.loads((version_dir / "dataset_info.json").read_text())
+  file_format = info.get("fileFormat", "tfrecord")
+  if file_format != "array_record":
+    raise ValueError(
+        f"{version_dir} holds imagenet2012 as {file_format}, which has no random access. "
+        "Convert it once (needs TensorFlow: pip install 'alexnet_jax[prepare]'): "
+        f"tfds convert_format --dataset_version_dir={version_dir} "
+        "--out_file_format=array_record")
+  return info
+
+
+def open_tfds_split(data_dir: str, version: str, split: str):
+  """The tfds random-access data source of one split; records hold the undecoded JPEG."""
+  import tensorflow_datasets as tfds
+  return tfds.data_source(
+      f"{TFDS_NAME}:{version}", split=split, data_dir=data_dir, download=False,
+      decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def tfds_sources(data_dir: str):
+  """(train, eval) tfds data sources of the newest prepared version under data_dir."""
+  versions = prepared_tfds_versions(data_dir)
+  if not versions:
+    raise missing_data_error(data_dir, f"no {TFDS_NAME}/<version>/dataset_info.json under "
+                             f"{data_dir!r}")
+  version_dir = pathlib.Path(data_dir) / TFDS_NAME / versions[-1]
+  info = _check_array_record(version_dir)
+  available = {split["name"] for split in info.get("splits", [])}
+  missing = [s for s in TFDS_SPLITS.values() if s not in available]
+  if missing:
+    raise ValueError(f"{version_dir} has no {' or '.join(missing)} split (it has "
+                     f"{sorted(available)}); prepare both train and validation.")
+  _log_prepare_info(version_dir)
+  return tuple(open_tfds_split(data_dir, versions[-1], TFDS_SPLITS[s]) for s in ("train", "eval"))
+
+
+def _log_prepare_info(version_dir: pathlib.Path) -> None:
+  prepare_info = version_dir / PREPARE_INFO_FILE
+  if prepare_info.is_file():
+    logging.info("ImageNet in %s was written by alexnet_jax.prepare: %s", version_dir,
+                 prepare_info.read_text().strip())
+
+
+# --------------------------------------------------------------------------------------------
+# folder source
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FolderSource:
+  """Image files under `root`, read as bytes; the decoding is the transform's job.
+
+  Paths are kept as one numpy bytes array, compact to pickle into Grain workers.
+  """
+  root: str
+  relative_paths: np.ndarray  # dtype 'S', sorted
+  labels: np.ndarray  # int32, standard class order
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    relative = self.relative_paths[index].decode()
+    path = os.path.join(self.root, relative)
+    try:
+      with open(path, "rb") as f:
+        data = f.read()
+    except OSError as e:
+      raise pipeline.SkippableRecordError(f"cannot read {path}: {e}") from e
+    return {"image": data, "label": self.labels[index], "file_name": relative}
+
+
+def _is_image_file(entry: os.DirEntry) -> bool:
+  return (not entry.name.startswith(".") and entry.is_file()
+          and entry.name.lower().endswith(IMAGE_SUFFIXES))
+
+
+def _visible_subdirs(path: str) -> list[os.DirEntry]:
+  with os.scandir(path) as entries:
+    return sorted((e for e in entries if e.is_dir() and not e.name.startswith(".")),
+                  key=lambda e: e.name)
+
+
+def _image_files(path: str) -> list[str]:
+  with os.scandir(path) as entries:
+    return sorted(e.name for e in entries if _is_image_file(e))
+
+
+def list_class_folders(split_dir: str) -> tuple[list[str], list[int]]:
+  """(relative paths, labels) of `split_dir/<wnid>/*`, sorted by wnid then file name."""
+  lookup = wnid_to_label()
+  paths, labels = [], []
+  for folder in _visible_subdirs(split_dir):
+    if folder.name not in lookup:
+      raise ValueError(
+          f"{folder.path} is not an ILSVRC-2012 class folder: folder names must be wnids of "
+          "the 1000-class list (like n01440764; see alexnet_jax/data/imagenet_labels/"
+          "imagenet2012_synsets.txt). Remove or move it.")
+    names = _image_files(folder.path)
+    paths += [f"{folder.name}/{name}" for name in names]
+    labels += [lookup[folder.name]] * len(names)
+  return paths, labels
+
+
+def list_flat_validation(val_dir: str) -> tuple[list[str], list[int]]:
+  """(file names, labels) of `val_dir/ILSVRC2012_val_XXXXXXXX.JPEG`, sorted by name."""
+  names = _image_files(val_dir)
+  return names, [validation_label(name) for name in names]
+
+
+def folder_split(data_dir: str, split: str) -> FolderSource:
+  """The train or val split of the folder layout; labelled by the standard class order."""
+  split_dir = os.path.join(data_dir, split)
+  if not os.path.isdir(split_dir):
+    raise missing_data_error(data_dir, f"no {split}/ folder in {data_dir!r}")
+  if _visible_subdirs(split_dir):
+    paths, labels = list_class_folders(split_dir)
+    if split == "val" and _image_files(split_dir):
+      raise ValueError(f"{split_dir} mixes class folders and loose images; use one layout: "
+                       "val/<wnid>/*.JPEG or val/ILSVRC2012_val_XXXXXXXX.JPEG.")
+  elif split == "val":
+    paths, labels = list_flat_validation(split_dir)
+  else:
+    paths, labels = [], []
+  if not paths:
+    raise missing_data_error(data_dir, f"no images in {split_dir}")
+  logging.info("ImageNet %s: %d images in %s", split, len(paths), split_dir)
+  encoded = np.array([path.encode() for path in paths], dtype=np.bytes_)
+  return FolderSource(split_dir, encoded, np.array(labels, dtype=np.int32))
+
+
+def holds_folder_layout(data_dir: str) -> bool:
+  return os.path.isdir(os.path.join(data_dir, "train"))
+
+
+# --------------------------------------------------------------------------------------------
+# build(config)
+
+
+def resolve_source(source: str, data_dir: str) -> tuple[str, str]:
+  """(source kind, data_dir to read) for data.source in tfds | folder | auto."""
+  if source not in ("tfds", "folder", "auto"):
+    raise ValueError(f"data.source={source!r} is not an ImageNet source (tfds, folder, auto).")
+  if source == "folder" and not data_dir:
+    raise ValueError("data.source='folder' needs --config.data.data_dir (there is no default "
+                     f"location).\n{layout_help(data_dir)}")
+  if not data_dir:  # tfds or auto: the tfds default location
+    data_dir = tfds_default_data_dir()
+    if source == "auto":
+      source = "tfds"
+  if not os.path.isdir(data_dir):
+    raise missing_data_error(data_dir, f"data.data_dir={data_dir!r} does not exist")
+  if source == "auto":
+    if prepared_tfds_versions(data_dir):
+      source = "tfds"
+    elif holds_folder_layout(data_dir):
+      source = "folder"
+    else:
+      hint = ""
+      if os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
+        hint = " (this looks like a tfds version folder: point data_dir two levels up)"
+      raise missing_data_error(
+          data_dir, f"{data_dir!r} holds neither {TFDS_NAME}/ nor train/{hint}")
+  return source, data_dir
+
+
+def _check_config(config: Any) -> None:
+  if config.model.in_channels != 3:
+    raise ValueError(f"model.in_channels={config.model.in_channels}: ImageNet images are RGB; "
+                     "set it to 3.")
+  if config.model.num_classes != NUM_CLASSES:
+    raise ValueError(f"model.num_classes={config.model.num_classes}: ImageNet labels are the "
+                     "1000 standard classes; set it to 1000.")
+  if config.data.resize_size < config.model.image_size:
+    raise ValueError(f"data.resize_size={config.data.resize_size} is smaller than "
+                     f"model.image_size={config.model.image_size}: the crop must fit.")
+
+
+def build(config: Any) -> SourceSpec:
+  """Sources and transforms of ImageNet as `config.data` describes; checks the layout now."""
+  _check_config(config)
+  kind, data_dir = resolve_source(config.data.source, config.data.data_dir)
+  if kind == "tfds":
+    train, evaluation = tfds_sources(data_dir)
+  else:
+    train, evaluation = folder_split(data_dir, "train"), folder_split(data_dir, "val")
+  data = config.data
+  size = config.model.image_size
+  train_transform = transforms.make_train_transform(
+      data.train_transform, image_size=size, resize_size=data.resize_size,
+      pca_std=data.pca_std, use_draft=data.jpeg_draft)
+  eval_transform = transforms.make_eval_transform(
+      image_size=size, resize_size=data.resize_size, ten_crop=data.ten_crop,
+      use_draft=data.jpeg_draft)
+  info = DataInfo(num_train_examples=len(train), num_eval_examples=len(evaluation),
+                  num_classes=NUM_CLASSES, channels=3, class_names=class_names())
+  logging.info("ImageNet from %s (%s): %d train, %d eval images", data_dir, kind,
+               info.num_train_examples, info.num_eval_examples)
+  return SourceSpec(info, train, train_transform, evaluation, eval_transform)

@@ -1,0 +1,435 @@
+"""Turns the ImageNet tars (or an extracted folder tree) into ArrayRecord files for training.
+
+Three ways, all ending in `<data_dir>/imagenet2012/<version>/` that `data.source=tfds` (or
+`auto`) reads with random access:
+
+  # tfds's own builder, original JPEGs (needs TensorFlow: pip install 'alexnet_jax[prepare]')
+  python -m alexnet_jax.prepare --tars_dir=DIR --data_dir=OUT
+
+  # no TensorFlow: images stored pre-resized to shorter side 256, the paper's preprocessing
+  python -m alexnet_jax.prepare --tars_dir=DIR --data_dir=OUT --resize_shorter=256
+  python -m alexnet_jax.prepare --folder_dir=DIR --data_dir=OUT --resize_shorter=256
+
+DIR with --tars_dir holds ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar; with
+--folder_dir it holds train/<wnid>/*.JPEG and val/ (either layout, see docs/data.md).
+`--folder_dir` without `--resize_shorter` packs the original files unchanged.
+
+The TensorFlow-free writer produces exactly what tfds would: the `imagenet2012` features
+(`image` JPEG bytes, `label`, `file_name`) serialized as tf.train.Example protos (tfds ships the
+proto classes), in ArrayRecord shards with `group_size:1` (random access), plus tfds's
+dataset_info.json and features.json, so `tfds.data_source` opens it as any imagenet2012 build.
+A file `alexnet_jax_prepare.json` next to them records how the images were stored. Worker
+processes each write whole shards; unreadable images are skipped, listed and counted.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime
+import functools
+import importlib.util
+import io
+import json
+import logging
+import multiprocessing
+import os
+import pathlib
+import shutil
+import tarfile
+import time
+from typing import Iterator, Sequence
+
+from absl import app
+from absl import flags
+
+from alexnet_jax.data import imagenet, pipeline, transforms
+
+TRAIN_TAR = "ILSVRC2012_img_train.tar"
+VAL_TAR = "ILSVRC2012_img_val.tar"
+# tfds's file naming, e.g. imagenet2012-train.array_record-00000-of-01000
+SHARD_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+# What folder splits are called in tfds.
+TFDS_SPLIT_OF_FOLDER = {"train": "train", "val": "validation"}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedItem:
+  """A file already in memory (from a nested tar)."""
+  data: bytes
+  file_name: str
+  label: int
+
+  def read(self) -> bytes:
+    return self.data
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreOptions:
+  resize_shorter: int = 0  # 0 keeps the original bytes
+  jpeg_quality: int = 90
+
+
+# --------------------------------------------------------------------------------------------
+# Where the images come from: shard tasks a worker process can run on its own
+
+
+@dataclasses.dataclass(frozen=True)
+class FileItem:
+  path: str
+  file_name: str
+  label: int
+
+  def read(self) -> bytes:
+    return pathlib.Path(self.path).read_bytes()
+
+
+@dataclasses.dataclass(frozen=True)
+class TarItem:
+  """One file inside an uncompressed tar, read by its byte offset (random access)."""
+  tar_path: str
+  offset: int
+  size: int
+  file_name: str
+  label: int
+
+  def read(self) -> bytes:
+    with open(self.tar_path, "rb") as f:
+      f.seek(self.offset)
+      return f.read(self.size)
+
+
+@dataclasses.dataclass(frozen=True)
+class ListShard:
+  """A shard made of a list of files."""
+  split: str
+  index: int
+  items: tuple[FileItem | TarItem, ...]
+
+  def items_in_order(self) -> Iterator[FileItem | TarItem]:
+    return iter(self.items)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassTarShard:
+  """One class of the train tar: a tar `<wnid>.tar` nested in it, read whole by offset."""
+  split: str
+  index: int
+  tar_path: str
+  offset: int
+  size: int
+  wnid: str
+
+  def items_in_order(self) -> Iterator[LoadedItem]:
+    inner = TarItem(self.tar_path, self.offset, self.size, self.wnid, -1).read()
+    label = imagenet.wnid_to_label()[self.wnid]
+    with tarfile.open(fileobj=io.BytesIO(inner), mode="r:") as tar:
+      for member in sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name):
+        yield LoadedItem(tar.extractfile(member).read(), os.path.basename(member.name), label)
+
+
+Shard = ListShard | ClassTarShard
+
+
+def _chunks(items: Sequence, size: int) -> list[tuple]:
+  return [tuple(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def plan_folder(folder_dir: str, examples_per_shard: int) -> list[Shard]:
+  """Shards of train/ and val/ of the folder layout, in sorted file order."""
+  shards: list[Shard] = []
+  for split, tfds_split in TFDS_SPLIT_OF_FOLDER.items():
+    source = imagenet.folder_split(folder_dir, split)
+    items = [FileItem(os.path.join(source.root, relative.decode()),
+                      os.path.basename(relative.decode()), int(label))
+             for relative, label in zip(source.relative_paths, source.labels)]
+    shards += [ListShard(tfds_split, i, chunk)
+               for i, chunk in enumerate(_chunks(items, examples_per_shard))]
+  return shards
+
+
+def plan_train_tar(tar_path: str) -> list[Shard]:
+  """One shard per class tar inside ILSVRC2012_img_train.tar, by wnid."""
+  with tarfile.open(tar_path, mode="r:") as tar:
+    members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith(".tar")),
+                     key=lambda m: m.name)
+  shards = []
+  for i, member in enumerate(members):
+    wnid = os.path.basename(member.name)[:-len(".tar")]
+    if wnid not in imagenet.wnid_to_label():
+      raise ValueError(f"{tar_path} holds {member.name}, which is not an ILSVRC-2012 class.")
+    shards.append(ClassTarShard("train", i, tar_path, member.offset_data, member.size, wnid))
+  return shards
+
+
+def plan_val_tar(tar_path: str, examples_per_shard: int) -> list[Shard]:
+  """Shards of ILSVRC2012_img_val.tar in file-name order, labelled by the tfds label list."""
+  with tarfile.open(tar_path, mode="r:") as tar:
+    members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
+  items = []
+  for member in members:
+    name = os.path.basename(member.name)
+    items.append(TarItem(tar_path, member.offset_data, member.size, name,
+                         imagenet.validation_label(name)))
+  return [ListShard("validation", i, chunk)
+          for i, chunk in enumerate(_chunks(items, examples_per_shard))]
+
+
+def plan_tars(tars_dir: str, examples_per_shard: int) -> list[Shard]:
+  paths = [os.path.join(tars_dir, name) for name in (TRAIN_TAR, VAL_TAR)]
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise FileNotFoundError(f"{', '.join(missing)} not found: --tars_dir must hold {TRAIN_TAR} "
+                            f"and {VAL_TAR} (from https://image-net.org/download-images).")
+  return plan_train_tar(paths[0]) + plan_val_tar(paths[1], examples_per_shard)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing shards (runs in worker processes)
+
+
+def stored_image(data: bytes, key: str, options: StoreOptions) -> bytes:
+  """The bytes to store: the original, or a JPEG with the shorter side `resize_shorter`.
+
+  Images already no larger than that keep their bytes when they are plain JPEGs; CMYK, PNG and
+  other oddities are re-encoded as RGB JPEGs.
+  """
+  if options.resize_shorter <= 0:
+    return data
+  target = options.resize_shorter
+
+  def whole_image(width: int, height: int) -> transforms.Box:
+    return (0, 0, width, height)
+
+  header = transforms.open_header(data, key)
+  width, height = header.size
+  if min(width, height) <= target:
+    if header.format == "JPEG" and header.mode in ("RGB", "L"):
+      transforms.decode_rgb(data, key)  # still refuse broken files
+      return data
+    image = transforms.decode_rgb(data, key)
+  else:
+    out_size = transforms.resized_size(width, height, target)
+    image = transforms.decode_region(data, key, whole_image, out_size, use_draft=True)
+  buffer = io.BytesIO()
+  image.save(buffer, format="JPEG", quality=options.jpeg_quality)
+  return buffer.getvalue()
+
+
+@functools.cache
+def imagenet_features(data_dir: str):
+  """The tfds `imagenet2012` FeaturesDict (image, label, file_name); no TensorFlow needed."""
+  import tensorflow_datasets as tfds
+  builder = tfds.builder(imagenet.TFDS_NAME, data_dir=data_dir, file_format="array_record")
+  return builder.info.features
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardResult:
+  split: str
+  index: int
+  path: str
+  num_examples: int
+  num_bytes: int
+  skipped: tuple[str, ...]
+
+
+def write_shard(shard: Shard, data_dir: str, out_dir: str,
+                options: StoreOptions) -> ShardResult:
+  """Writes one shard's examples, in order, to an ArrayRecord file in `out_dir`.
+
+  Files that cannot be read, or (when resizing) decoded, are logged, listed and left out.
+  Without resizing the bytes are stored unchecked: the training loader skips bad ones.
+  """
+  from array_record.python import array_record_module
+  features = imagenet_features(data_dir)
+  path = os.path.join(out_dir, f"{shard.split}-{shard.index:05d}.array_record.tmp")
+  writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+  num_examples = num_bytes = 0
+  skipped = []
+  try:
+    for item in shard.items_in_order():
+      try:
+        image = stored_image(item.read(), item.file_name, options)
+      except (OSError, pipeline.SkippableRecordError) as e:
+        logging.warning("skipping %s: %s", item.file_name, e)
+        skipped.append(item.file_name)
+        continue
+      record = features.serialize_example(
+          {"image": image, "label": item.label, "file_name": item.file_name})
+      writer.write(record)
+      num_examples += 1
+      num_bytes += len(record)
+  finally:
+    writer.close()
+  return ShardResult(shard.split, shard.index, path, num_examples, num_bytes, tuple(skipped))
+
+
+def write_all_shards(shards: Sequence[Shard], data_dir: str, out_dir: str,
+                     options: StoreOptions, num_workers: int) -> list[ShardResult]:
+  """Runs write_shard over all shards, in `num_workers` processes (0 or 1: in this one)."""
+  started = time.time()
+  total = len(shards)
+  results = []
+
+  def log_progress(result: ShardResult) -> None:
+    results.append(result)
+    done = sum(r.num_examples for r in results)
+    logging.info("shard %d/%d done (%s %d): %d images, %.0f images/s", len(results), total,
+                 result.split, result.index, done, done / max(time.time() - started, 1e-9))
+
+  if num_workers <= 1:
+    for shard in shards:
+      log_progress(write_shard(shard, data_dir, out_dir, options))
+    return results
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as executor:
+    futures = [executor.submit(write_shard, shard, data_dir, out_dir, options) for shard in shards]
+    for future in concurrent.futures.as_completed(futures):
+      log_progress(future.result())
+  return results
+
+
+# --------------------------------------------------------------------------------------------
+# Assembling a tfds dataset directory
+
+
+def finish_dataset(data_dir: str, work_dir: str, results: Sequence[ShardResult],
+                   options: StoreOptions, origin: str) -> pathlib.Path:
+  """Renames the shards to tfds's names and writes dataset_info.json next to them."""
+  import tensorflow_datasets as tfds
+  builder = tfds.builder(imagenet.TFDS_NAME, data_dir=data_dir, file_format="array_record")
+  version_dir = pathlib.Path(builder.data_dir)
+  split_infos = []
+  for split in sorted({r.split for r in results}):
+    written = sorted((r for r in results if r.split == split and r.num_examples),
+                     key=lambda r: r.index)
+    template = tfds.core.ShardedFileTemplate(
+        data_dir=version_dir, template=SHARD_TEMPLATE, dataset_name=imagenet.TFDS_NAME,
+        split=split, filetype_suffix="array_record")
+    for shard_index, result in enumerate(written):
+      final_name = template.sharded_filepath(shard_index=shard_index, num_shards=len(written))
+      os.replace(result.path, os.path.join(work_dir, final_name.name))
+    split_infos.append(tfds.core.SplitInfo(
+        name=split, shard_lengths=[r.num_examples for r in written],
+        num_bytes=sum(r.num_bytes for r in written), filename_template=template))
+  for result in results:  # empty shards (every file unreadable)
+    if os.path.exists(result.path):
+      os.remove(result.path)
+  builder.info.set_splits(tfds.core.SplitDict(split_infos))
+  description = _describe(options)
+  builder.info.as_proto.description = f"{description}\n\n{builder.info.description}"
+  builder.info.write_to_directory(work_dir)
+  _write_prepare_info(work_dir, results, options, origin, description)
+  os.replace(work_dir, version_dir)
+  return version_dir
+
+
+def _describe(options: StoreOptions) -> str:
+  if options.resize_shorter > 0:
+    return (f"Written by alexnet_jax.prepare: images resized to shorter side "
+            f"{options.resize_shorter} and stored as JPEG quality {options.jpeg_quality}.")
+  return "Written by alexnet_jax.prepare: original image files, unchanged."
+
+
+def _write_prepare_info(work_dir: str, results: Sequence[ShardResult], options: StoreOptions,
+                        origin: str, description: str) -> None:
+  info = {
+      "written_by": "alexnet_jax.prepare",
+      "description": description,
+      "origin": origin,
+      "resize_shorter": options.resize_shorter,
+      "jpeg_quality": options.jpeg_quality if options.resize_shorter > 0 else None,
+      "date": datetime.date.today().isoformat(),
+      "num_examples": {s: sum(r.num_examples for r in results if r.split == s)
+                       for s in sorted({r.split for r in results})},
+      "skipped": sorted(name for r in results for name in r.skipped),
+  }
+  path = pathlib.Path(work_dir) / imagenet.PREPARE_INFO_FILE
+  path.write_text(json.dumps(info, indent=1) + "\n")
+
+
+def write_tfds_dataset(shards: Sequence[Shard], data_dir: str, options: StoreOptions, *,
+                       num_workers: int = 0, origin: str = "",
+                       overwrite: bool = False) -> pathlib.Path:
+  """Writes `shards` as `<data_dir>/imagenet2012/<version>/`, readable by tfds.data_source."""
+  import tensorflow_datasets as tfds
+  version_dir = pathlib.Path(tfds.builder(imagenet.TFDS_NAME, data_dir=data_dir).data_dir)
+  if version_dir.exists():
+    if not overwrite:
+      raise FileExistsError(f"{version_dir} already exists; pass --overwrite to replace it, "
+                            "or choose another --data_dir.")
+    shutil.rmtree(version_dir)
+  work_dir = f"{version_dir}.incomplete-alexnet_jax"
+  shutil.rmtree(work_dir, ignore_errors=True)
+  os.makedirs(work_dir)
+  results = write_all_shards(shards, data_dir, work_dir, options, num_workers)
+  return finish_dataset(data_dir, work_dir, results, options, origin)
+
+
+# --------------------------------------------------------------------------------------------
+# tfds's own builder (TensorFlow needed)
+
+
+def prepare_with_tfds(tars_dir: str, data_dir: str) -> None:
+  """tfds's imagenet2012 builder over the manual tars, written as ArrayRecord."""
+  if importlib.util.find_spec("tensorflow") is None:
+    raise SystemExit(
+        "Preparing the original JPEGs goes through tfds's imagenet2012 builder, which needs "
+        "TensorFlow: pip install 'alexnet_jax[prepare]'. Or add --resize_shorter=256 to store "
+        "pre-resized images without TensorFlow.")
+  import tensorflow_datasets as tfds
+  builder = tfds.builder(imagenet.TFDS_NAME, data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=tars_dir))
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Command-line flags; defined only when run as a program, so importing defines none."""
+  flags.DEFINE_string("tars_dir", None, f"Folder holding {TRAIN_TAR} and {VAL_TAR}.")
+  flags.DEFINE_string("folder_dir", None, "Folder holding train/<wnid>/*.JPEG and val/ instead.")
+  flags.DEFINE_string("data_dir", None, "Where to write (becomes --config.data.data_dir).")
+  flags.DEFINE_integer("resize_shorter", 0,
+                       "Store images resized to this shorter side (256 is the paper's); 0 keeps "
+                       "the original files.")
+  flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of re-encoded images.")
+  flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
+  flags.DEFINE_integer("examples_per_shard", 2048,
+                       "Images per shard (the train tar always gives one shard per class).")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing build in --data_dir.")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if (FLAGS.tars_dir is None) == (FLAGS.folder_dir is None):
+    raise app.UsageError("give exactly one of --tars_dir and --folder_dir.")
+  if not FLAGS.data_dir:
+    raise app.UsageError("--data_dir is required.")
+  if FLAGS.tars_dir and FLAGS.resize_shorter <= 0:
+    prepare_with_tfds(FLAGS.tars_dir, FLAGS.data_dir)
+    return
+  options = StoreOptions(FLAGS.resize_shorter, FLAGS.jpeg_quality)
+  if FLAGS.tars_dir:
+    shards, origin = plan_tars(FLAGS.tars_dir, FLAGS.examples_per_shard), FLAGS.tars_dir
+  else:
+    shards, origin = plan_folder(FLAGS.folder_dir, FLAGS.examples_per_shard), FLAGS.folder_dir
+  started = time.time()
+  version_dir = write_tfds_dataset(shards, FLAGS.data_dir, options,
+                                   num_workers=FLAGS.num_workers, origin=os.path.abspath(origin),
+                                   overwrite=FLAGS.overwrite)
+  summary = json.loads((version_dir / imagenet.PREPARE_INFO_FILE).read_text())
+  print(f"wrote {version_dir} in {time.time() - started:.0f} s: {summary['num_examples']}, "
+        f"{len(summary['skipped'])} unreadable files skipped. Train with "
+        f"--config.data.data_dir={FLAGS.data_dir}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
