@@ -21,6 +21,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, met
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
                           "train: train or resume from the latest checkpoint in workdir. "
                           "eval: evaluate a checkpoint (config.eval_checkpoint_step, -1 = latest).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0 of a multi-process job. Not needed on SLURM, Cloud TPU or "
+    "Kubernetes, where it is detected.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 _TRACEBACK = flags.DEFINE_bool("traceback", False,
                                "Show the full traceback of configuration and data errors.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -46,8 +52,9 @@ def _quiet_library_info_logs() -> None:
 def run(config, workdir: str, mode: str) -> int:
   import jax  # after absl parsed the flags, so JAX picks up its own flags and env
 
-  from alexnet_jax import evaluate, experiment, train
+  from alexnet_jax import distributed, evaluate, experiment, train
 
+  distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   exp = experiment.build(config)
   if mode == "eval":
     metrics = evaluate.evaluate_checkpoint(exp, workdir)
