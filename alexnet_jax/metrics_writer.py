@@ -49,6 +49,12 @@ class MetricWriter:
           self._tb.add_scalar(name, value, step)
       self._tb.flush()
 
+  def image(self, step: int, name: str, array: Any) -> None:
+    """An (H, W, C) float image in [0, 1] (C = 1 or 3) to TensorBoard; not to the JSONL."""
+    if self._tb is not None:
+      self._tb.add_image(name, array, step, dataformats="HWC")
+      self._tb.flush()
+
   def log(self, message: str) -> None:
     if self.enabled:
       logging.info(message)

@@ -1,0 +1,341 @@
+"""Pictures of a trained AlexNet, as PNG files (matplotlib, Agg backend: no display needed).
+
+  python -m alexnet_jax.visualize filters     --workdir=DIR [--step=N]
+  python -m alexnet_jax.visualize activations --workdir=DIR --layer=conv2 IMAGE
+  python -m alexnet_jax.visualize occlusion   --workdir=DIR [--label=CLASS] [--patch=P] [--stride=S] IMAGE
+  python -m alexnet_jax.visualize saliency    --workdir=DIR [--label=CLASS] IMAGE
+  python -m alexnet_jax.visualize gradcam     --workdir=DIR [--label=CLASS] IMAGE
+  python -m alexnet_jax.visualize curves      --workdir=DIR
+
+`--torchvision=FILE.pth` replaces `--workdir` for torchvision weights (not for `curves`).
+`--out=FILE.png` names the picture; by default it goes to DIR/pictures/ (or the current
+directory with --torchvision) as `<picture>[_<image name>].png`. CLASS is an index or a class
+name ('tabby', 'Sneaker'); without it the model's top class is used. The numbers come from
+interpret.py; this module only draws them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+DPI = 100
+# Figure sizes in inches; the PNG is DPI times that in pixels (no tight bounding box, so the
+# size is known in advance).
+FIGSIZE = {
+    "filters": (12.0, 6.0),
+    "activations": (14.0, 6.0),
+    "occlusion": (9.0, 5.0),
+    "saliency": (9.0, 5.0),
+    "gradcam": (9.0, 5.0),
+    "curves": (12.0, 4.5),
+}
+PICTURES = tuple(FIGSIZE)
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")  # files only; never needs a display
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def save(fig, path: str | os.PathLike) -> pathlib.Path:
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=DPI)
+  _pyplot().close(fig)
+  return path
+
+
+def _show_image(ax, image: np.ndarray, title: str = "") -> None:
+  """A float (H, W, C) image in pixel units (0-255)."""
+  shown = np.clip(np.asarray(image, np.float32) / 255.0, 0.0, 1.0)
+  if shown.shape[-1] == 1:
+    ax.imshow(shown[..., 0], cmap="gray", vmin=0, vmax=1)
+  else:
+    ax.imshow(shown)
+  ax.set_title(title)
+  ax.axis("off")
+
+
+def _figure(kind: str, columns: int, top: float = 0.78, width_ratios=None):
+  """A row of `columns` axes, with room above them for a suptitle of up to three lines."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, columns, figsize=FIGSIZE[kind], dpi=DPI,
+                           width_ratios=width_ratios)
+  fig.subplots_adjust(left=0.03, right=0.88, bottom=0.05, top=top, wspace=0.25)
+  return fig, np.atleast_1d(axes)
+
+
+def _colorbar(fig, mappable, ax, label: str) -> None:
+  from matplotlib.ticker import ScalarFormatter
+  bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.03)
+  bar.set_label(label)
+  bar.formatter = ScalarFormatter(useOffset=False)  # no '1e-4 + 1.01e-1' offset notation
+  bar.update_ticks()
+
+
+# --------------------------------------------------------------------------------------------
+# Figures: arrays in, matplotlib figures out
+
+
+def filters_figure(kernel: np.ndarray, variant: str, title: str):
+  """conv1's filters; the paper variant's two towers side by side (the paper's figure 3)."""
+  from alexnet_jax import interpret
+  towers = interpret.towers_of(variant)
+  halves = np.split(np.asarray(kernel), towers, axis=-1)
+  fig, axes = _figure("filters", towers)
+  for index, (ax, half) in enumerate(zip(axes, halves)):
+    grid = interpret.conv1_filter_grid(half)
+    if grid.shape[-1] == 1:
+      ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+      ax.imshow(grid, interpolation="nearest")
+    first = index * half.shape[-1]
+    label = f"tower {index + 1}: " if towers > 1 else ""
+    ax.set_title(f"{label}filters {first}-{first + half.shape[-1] - 1}")
+    ax.axis("off")
+  kh, kw, channels, count = np.shape(kernel)
+  fig.suptitle(f"{title}\nconv1: {count} filters of {kh}x{kw}x{channels}, each scaled to its "
+               "own min..max")
+  return fig
+
+
+def activations_figure(image: np.ndarray, maps: np.ndarray, layer: str, title: str,
+                       max_channels: int = 32):
+  """The image and the `max_channels` most active channels of one (h, w, C) stage output."""
+  from alexnet_jax import interpret
+  maps = np.asarray(maps, np.float32)
+  if maps.ndim != 3:
+    raise ValueError(f"layer={layer!r} has no spatial maps; choose a conv or pool stage.")
+  strongest = np.argsort(-maps.mean(axis=(0, 1)), kind="stable")[:max_channels]
+  tiles = np.transpose(maps[..., strongest], (2, 0, 1))[..., None]
+  high = float(tiles.max()) or 1.0
+  columns = int(np.ceil(np.sqrt(len(strongest) * 2)))
+  mosaic = interpret.tile(tiles / high, columns, gap=1)[..., 0]
+  # The 1-pixel separators are 1.0 from _tile; mark them NaN so that they show as blank.
+  separators = interpret.tile(np.zeros_like(tiles), columns, gap=1)[..., 0] == 1.0
+  mosaic = np.where(separators, np.nan, mosaic * high)
+  fig, axes = _figure("activations", 2, top=0.86, width_ratios=(1.0, 2.4))
+  _show_image(axes[0], image, "input")
+  shown = axes[1].imshow(mosaic, cmap="viridis", vmin=0, vmax=high, interpolation="nearest")
+  axes[1].axis("off")
+  h, w, c = maps.shape
+  axes[1].set_title(f"{layer}: the {len(strongest)} most active of {c} channels ({h}x{w}), "
+                    "strongest first")
+  _colorbar(fig, shown, axes[1], "activation")
+  fig.suptitle(title)
+  return fig
+
+
+def occlusion_figure(image: np.ndarray, heat: np.ndarray, class_name: str, baseline: float,
+                     patch: int, stride: int, title: str):
+  """The image, and over it the class probability with the grey square at each place."""
+  fig, axes = _figure("occlusion", 2, top=0.74)
+  _show_image(axes[0], image, f"input: P({class_name}) = {baseline:.3f}")
+  _show_image(axes[1], image, f"P({class_name}), square covering each pixel\n"
+                              "(dark = the evidence the network used)")
+  shown = axes[1].imshow(heat, cmap="inferno", alpha=0.65)
+  _colorbar(fig, shown, axes[1], "probability (mean over squares)")
+  fig.suptitle(f"{title}\nocclusion: a {patch}x{patch} grey square slides in steps of {stride}")
+  return fig
+
+
+def _heat_figure(kind: str, image: np.ndarray, heat: np.ndarray, heading: str, label: str,
+                 cmap: str, title: str):
+  fig, axes = _figure(kind, 2)
+  _show_image(axes[0], image, "input")
+  _show_image(axes[1], image, heading)
+  shown = axes[1].imshow(heat, cmap=cmap, alpha=0.6)
+  _colorbar(fig, shown, axes[1], label)
+  fig.suptitle(title)
+  return fig
+
+
+def saliency_figure(image: np.ndarray, sal: np.ndarray, class_name: str, title: str):
+  return _heat_figure("saliency", image, sal, f"|d score({class_name}) / d pixel|",
+                      "|gradient|, max over channels", "hot", title)
+
+
+def gradcam_figure(image: np.ndarray, cam: np.ndarray, class_name: str, title: str):
+  return _heat_figure("gradcam", image, cam, f"Grad-CAM on conv5 for {class_name}",
+                      "ReLU(sum_k alpha_k A_k), upsampled", "jet", title)
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  if not path.is_file():
+    raise FileNotFoundError(f"No {path}: point --workdir at a training run.")
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def curves_figure(records: Sequence[dict[str, Any]], title: str):
+  """Train and eval loss and top-1 against the step, with the epoch on the top axis."""
+  training = [r for r in records if "train/loss" in r]
+  # Evaluations during training; --mode=eval records repeat a checkpoint's numbers.
+  evaluations = [r for r in records if "eval/loss" in r and "eval/checkpoint_step" not in r]
+  if not training and not evaluations:
+    raise ValueError("metrics.jsonl holds no train/ or eval/ metrics yet.")
+  fig, axes = _figure("curves", 2)
+  for ax, metric in zip(axes, ("loss", "top1")):
+    for prefix, rows, style in (("train", training, "-"), ("eval", evaluations, "o-")):
+      rows = sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
+      if rows:
+        ax.plot([r["step"] for r in rows], [r[f"{prefix}/{metric}"] for r in rows], style,
+                label=f"{prefix}/{metric}", markersize=4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("top-1 accuracy" if metric == "top1" else "cross-entropy loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _add_epoch_axis(ax, records)
+  fig.suptitle(title)
+  fig.tight_layout()
+  return fig
+
+
+def _add_epoch_axis(ax, records) -> None:
+  with_epoch = [r for r in records if r.get("train/epoch") and r.get("step")]
+  if not with_epoch:
+    return
+  steps_per_epoch = with_epoch[-1]["step"] / with_epoch[-1]["train/epoch"]
+  top = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch,
+                                             lambda e: e * steps_per_epoch))
+  top.set_xlabel("epoch")
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def _default_out(args, picture: str) -> pathlib.Path:
+  name = picture
+  if getattr(args, "image", None):
+    name += "_" + pathlib.Path(args.image).stem
+  if picture == "activations":
+    name += f"_{args.layer}"
+  folder = pathlib.Path(args.workdir) / "pictures" if args.workdir else pathlib.Path(".")
+  return folder / f"{name}.png"
+
+
+def _load(args):
+  from alexnet_jax import predict
+  return predict.load_model(args.workdir, args.torchvision, args.step, args.image_size)
+
+
+def _input_image(loaded, path: str) -> np.ndarray:
+  """The image as the model sees it, in pixel units at the model's input size."""
+  from alexnet_jax import interpret
+  return interpret.resize_to_model(loaded.preprocessing.load(path),
+                                   loaded.preprocessing.image_size)
+
+
+def _target(loaded, image: np.ndarray, label: str | None) -> tuple[int, str, float]:
+  """(class, caption, its probability): the given class, or the top one."""
+  probabilities = np.asarray(loaded.probe.probabilities(image[None]))[0]
+  if label is None:
+    index, how = int(np.argmax(probabilities)), "top class"
+  else:
+    index, how = loaded.class_index(label), "given class"
+  name = loaded.class_name(index)
+  return index, f"{name} ({how}, p={probabilities[index]:.3f})", float(probabilities[index])
+
+
+def _short(name: str) -> str:
+  return name.split(",")[0]
+
+
+def make_picture(args) -> pathlib.Path:
+  """Computes and writes the picture `args.picture`; returns its path."""
+  out = pathlib.Path(args.out) if args.out else _default_out(args, args.picture)
+  if args.picture == "curves":
+    if not args.workdir:
+      raise ValueError("curves needs --workdir (the run whose metrics.jsonl to draw).")
+    return save(curves_figure(read_metrics(args.workdir), f"training curves: {args.workdir}"),
+                out)
+  loaded = _load(args)
+  if args.picture == "filters":
+    fig = filters_figure(loaded.params["conv1"]["kernel"], loaded.model_config["variant"],
+                         loaded.description)
+    return save(fig, out)
+  if not args.image:
+    raise ValueError(f"{args.picture} needs an IMAGE path.")
+  image = _input_image(loaded, args.image)
+  title = f"{pathlib.Path(args.image).name} | {loaded.description}"
+  if args.picture == "activations":
+    maps = np.asarray(loaded.probe.stage(image[None], args.layer))[0]
+    return save(activations_figure(image, maps, args.layer, title, args.max_channels), out)
+  index, caption, probability = _target(loaded, image, args.label)
+  name = _short(loaded.class_name(index))
+  title = f"{title}\nclass: {caption}"
+  if args.picture == "occlusion":
+    size = loaded.preprocessing.image_size
+    patch = args.patch or max(1, round(size / 7))
+    stride = args.stride or max(1, patch // 2)
+    from alexnet_jax import interpret
+    values = loaded.probe.occlusion(image, index, patch=patch, stride=stride, fill=args.fill)
+    heat = interpret.occlusion_to_pixels(values, (size, size), patch=patch, stride=stride)
+    return save(occlusion_figure(image, heat, name, probability, patch, stride, title), out)
+  if args.picture == "saliency":
+    return save(saliency_figure(image, loaded.probe.saliency(image, index), name, title), out)
+  if args.picture == "gradcam":
+    from alexnet_jax import interpret
+    cam = interpret.upsample(loaded.probe.grad_cam(image, index), image.shape[:2])
+    return save(gradcam_figure(image, cam, name, title), out)
+  raise ValueError(f"unknown picture {args.picture!r}; choose one of {', '.join(PICTURES)}.")
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m alexnet_jax.visualize",
+                                   description="Pictures of a trained AlexNet (PNG).")
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument("--workdir", help="a training run directory")
+  common.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+  common.add_argument("--torchvision", metavar="FILE.pth", help="torchvision AlexNet weights")
+  common.add_argument("--image_size", type=int, default=None,
+                      help="with --torchvision: crop size (default 224)")
+  common.add_argument("--out", help="output PNG (default DIR/pictures/<picture>_<image>.png)")
+  with_image = argparse.ArgumentParser(add_help=False)
+  with_image.add_argument("image", metavar="IMAGE", help="a JPEG or PNG file")
+  with_class = argparse.ArgumentParser(add_help=False)
+  with_class.add_argument("--label", default=None,
+                          help="class index or name (default: the top predicted class)")
+  sub = parser.add_subparsers(dest="picture", required=True, metavar="PICTURE")
+  sub.add_parser("filters", parents=[common], help="conv1 filters as a grid (towers side by side)")
+  activations = sub.add_parser("activations", parents=[common, with_image],
+                               help="activation maps of one layer for an image")
+  activations.add_argument("--layer", default="conv1", help="conv1, pool1, conv2 ... pool5")
+  activations.add_argument("--max_channels", type=int, default=32)
+  occlusion = sub.add_parser("occlusion", parents=[common, with_image, with_class],
+                             help="class probability as a grey square slides over the image")
+  occlusion.add_argument("--patch", type=int, default=None, help="square side (default size/7)")
+  occlusion.add_argument("--stride", type=int, default=None, help="step (default patch/2)")
+  occlusion.add_argument("--fill", type=float, default=128.0, help="grey level, 0-255")
+  sub.add_parser("saliency", parents=[common, with_image, with_class],
+                 help="gradient of the class score with respect to the pixels")
+  sub.add_parser("gradcam", parents=[common, with_image, with_class], help="Grad-CAM on conv5")
+  sub.add_parser("curves", parents=[common], help="loss and top-1 from DIR/metrics.jsonl")
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  from alexnet_jax import predict
+  predict.quiet_library_logs()
+  try:
+    path = make_picture(args)
+  except (ValueError, FileNotFoundError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

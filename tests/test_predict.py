@@ -1,0 +1,219 @@
+"""predict: recorded preprocessing, top-k output, torchvision weights, the command line.
+
+Also the helpers the other inference tests share (test_finetune, test_interpret,
+test_visualize, test_eval_report import them from here): one tiny training run on a 64-image
+cut of Fashion-MNIST (d2l at 65x65, the smallest size the variant takes), trained once per
+test session, and one torchvision-format .pth file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_jax import config_base, experiment, predict, train
+from alexnet_jax.data import fashion_mnist, imagenet
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides):
+  """A d2l model at 65x65 on synthetic grey images, batch 8 (divides the 8 test devices)."""
+  c = config_base.base_config()
+  c.data.source = "synthetic"
+  c.data.mean, c.data.std = (0.0,), (255.0,)
+  c.data.num_train_examples, c.data.num_eval_examples = 32, 20
+  c.batch_size = c.eval_batch_size = 8
+  c.num_train_steps = 2
+  c.log_every_steps = 1
+  c.eval_every_steps = 2
+  c.checkpoint_every_steps = 2
+  c.model.variant, c.model.num_classes, c.model.in_channels = "d2l", 10, 1
+  c.model.image_size, c.model.init = 65, "xavier"
+  c.schedule.name = "constant"
+  for dotted, value in overrides.items():
+    node = c
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  return c
+
+
+def train_tiny_run(workdir, **overrides):
+  """Trains `tiny_config(**overrides)` into workdir in this process; returns the config."""
+  config = tiny_config(**overrides)
+  train.train_and_evaluate(experiment.build(config), workdir)
+  return config
+
+
+def write_idx(path: pathlib.Path, array: np.ndarray, magic: int) -> None:
+  header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+
+def tiny_fashion_mnist(folder: pathlib.Path, train: int = 64, test: int = 40) -> pathlib.Path:
+  """The first images of the repository's Fashion-MNIST, as the four IDX files."""
+  folder.mkdir(parents=True, exist_ok=True)
+  for split, count in (("train", train), ("test", test)):
+    images, labels = fashion_mnist.load_split(fashion_mnist.REPO_COPY, split)
+    image_file, label_file = fashion_mnist.FILES[split]
+    write_idx(folder / image_file, images[:count, ..., 0], 0x00000803)
+    write_idx(folder / label_file, labels[:count], 0x00000801)
+  return folder
+
+
+_SHARED: dict[str, object] = {}  # built once per session, whichever test module asks first
+
+
+def shared_run(tmp_path_factory) -> tuple[pathlib.Path, object]:
+  """(workdir, config): 2 steps of d2l on tiny Fashion-MNIST, evaluated and checkpointed at
+  step 2. Read-only for the tests that use it."""
+  if "run" not in _SHARED:
+    root = tmp_path_factory.mktemp("shared_run")
+    workdir = root / "run"
+    config = train_tiny_run(workdir, **{"data.source": "fashion_mnist",
+                                        "data.data_dir": str(tiny_fashion_mnist(root / "data"))})
+    _SHARED["run"] = (workdir, config)
+  return _SHARED["run"]
+
+
+def write_torchvision_pth(path, num_classes: int = 1000, seed: int = 0) -> pathlib.Path:
+  """A torchvision.models.alexnet-format state_dict of random weights, written with the
+  independent PyTorch reference model (benchmarks/torch_reference.py)."""
+  torch = pytest.importorskip("torch")
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  from torch_reference import TorchAlexNetTorchvision
+  torch.manual_seed(seed)
+  torch.save(TorchAlexNetTorchvision(num_classes=num_classes).state_dict(), path)
+  return pathlib.Path(path)
+
+
+def shared_torchvision_pth(tmp_path_factory) -> pathlib.Path:
+  """A 1000-class torchvision-format file (244 MB: written once per session)."""
+  if "pth" not in _SHARED:
+    _SHARED["pth"] = write_torchvision_pth(tmp_path_factory.mktemp("pth") / "alexnet-1000.pth")
+  return _SHARED["pth"]
+
+
+def write_image(path, width=40, height=30, mode="RGB", seed=0) -> pathlib.Path:
+  rng = np.random.default_rng(seed)
+  channels = 3 if mode == "RGB" else 1
+  pixels = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels).save(path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def fashion_run(tmp_path_factory):
+  return shared_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("images")
+  write_image(folder / "a.jpg", 40, 30, seed=1)
+  write_image(folder / "nested" / "b.png", 25, 50, mode="L", seed=2)
+  (folder / "notes.txt").write_text("not an image")
+  return folder
+
+
+def test_recorded_preprocessing_round_trips(fashion_run):
+  workdir, config = fashion_run
+  loaded = predict.load_model_from_workdir(workdir)
+  assert loaded.preprocessing == predict.Preprocessing(
+      source="fashion_mnist", mean=tuple(config.data.mean), std=tuple(config.data.std),
+      image_size=config.model.image_size, resize_size=config.data.resize_size, channels=1)
+  assert loaded.model_config["variant"] == "d2l"
+  assert loaded.class_names == fashion_mnist.CLASS_NAMES
+
+
+def test_probabilities_are_sorted_and_sum_to_at_most_one(fashion_run, images):
+  workdir, _ = fashion_run
+  loaded = predict.load_model_from_workdir(workdir)
+  files = predict.find_images([images])
+  assert [f.name for f in files] == ["a.jpg", "b.png"]  # recursive, images only
+  records = predict.predict_files(loaded, files, k=5, batch_size=4)
+  for record in records:
+    probabilities = [entry["probability"] for entry in record["top"]]
+    assert len(probabilities) == 5
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert 0.0 < sum(probabilities) <= 1.0 + 1e-6
+    assert all(entry["name"] in fashion_mnist.CLASS_NAMES for entry in record["top"])
+
+
+def test_batches_give_the_same_answers_as_one_by_one(fashion_run, images):
+  loaded = predict.load_model_from_workdir(fashion_run[0])
+  files = predict.find_images([images])
+  together = predict.predict_files(loaded, files, k=3, batch_size=8)
+  alone = [predict.predict_files(loaded, [f], k=3, batch_size=1)[0] for f in files]
+  for a, b in zip(together, alone):
+    assert [e["class"] for e in a["top"]] == [e["class"] for e in b["top"]]
+    np.testing.assert_allclose([e["probability"] for e in a["top"]],
+                               [e["probability"] for e in b["top"]], rtol=1e-5)
+
+
+def test_each_source_is_preprocessed_its_own_way(tmp_path):
+  path = write_image(tmp_path / "wide.png", 300, 200)
+  paper = predict.Preprocessing("folder", config_base.IMAGENET_MEAN_RGB, (1.0, 1.0, 1.0), 224,
+                                256, 3)
+  assert paper.load(path).shape == (224, 224, 3)
+  torchvision = predict.Preprocessing.torchvision()
+  assert (torchvision.resize_size, torchvision.image_size) == (256, 224)
+  assert torchvision.std == config_base.TORCHVISION_STD_RGB
+  grey = predict.Preprocessing("fashion_mnist", (0.0,), (255.0,), 112, 256, 1)
+  assert grey.load(path).shape == (28, 28, 1)
+  repeated = predict.Preprocessing("fashion_mnist", (0.0,) * 3, (1.0,) * 3, 112, 256, 3)
+  out = repeated.load(path)
+  assert out.shape == (28, 28, 3) and np.array_equal(out[..., 0], out[..., 2])
+
+
+def test_undecodable_file_is_reported_not_fatal(fashion_run, tmp_path):
+  bad = tmp_path / "bad.jpg"
+  bad.write_bytes(b"not a jpeg")
+  good = write_image(tmp_path / "good.png")
+  loaded = predict.load_model_from_workdir(fashion_run[0])
+  bad_record, good_record = predict.predict_files(loaded, [bad, good])
+  assert "bad.jpg" in bad_record["error"] and "top" in good_record
+
+
+def test_torchvision_weights_get_imagenet_names(tmp_path, tmp_path_factory):
+  pth = shared_torchvision_pth(tmp_path_factory)
+  loaded = predict.load_model_from_torchvision(pth, image_size=63)
+  assert loaded.preprocessing.source == "torchvision"
+  assert loaded.class_names == imagenet.class_names()
+  record = predict.predict_files(loaded, [write_image(tmp_path / "x.jpg", 80, 70)], k=5)[0]
+  probabilities = [e["probability"] for e in record["top"]]
+  assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
+  assert record["top"][0]["name"] == imagenet.class_names()[record["top"][0]["class"]]
+
+
+def _run_cli(*args) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "alexnet_jax.predict", *map(str, args)],
+                        capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_command_line_json_and_errors(fashion_run, images):
+  workdir, _ = fashion_run
+  result = _run_cli(f"--workdir={workdir}", "--json", "--top_k=3", images)
+  assert result.returncode == 0, result.stderr
+  output = json.loads(result.stdout)
+  assert output["preprocessing"]["source"] == "fashion_mnist"
+  assert [len(p["top"]) for p in output["predictions"]] == [3, 3]
+
+  missing = _run_cli(f"--workdir={workdir}", images / "missing.jpg")
+  assert missing.returncode == 1
+  assert "missing.jpg" in missing.stderr and "Traceback" not in missing.stderr
+  no_run = _run_cli(f"--workdir={workdir / 'nowhere'}", images)
+  assert no_run.returncode == 1 and "nowhere" in no_run.stderr
+  assert "Traceback" not in no_run.stderr
