@@ -30,6 +30,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.eval_checkpoint_step = -1  # --mode=eval: -1 is the latest checkpoint
   c.eval_at_end = True
+  # --mode=eval also writes DIR/eval_report.json (per-class accuracy, confused pairs, 10-crop
+  # where the source has crops); it costs one more pass per view over the eval split.
+  c.eval_report = True
+  c.eval_report_confusions = 20  # how many of the most confused (true, predicted) pairs
+
+  # Fine-tuning / transfer learning (docs/inference.md). Applied once, when a run starts with
+  # no checkpoint of its own; a resumed run continues from its checkpoint.
+  c.init_from = ""  # "" | a workdir (or its checkpoints/ or checkpoints/<step>) | a .pth file
+  # Regex over '/'-joined parameter paths ('conv1/kernel', 'fc8/bias'): these keep their fresh
+  # initialization instead of being loaded, e.g. 'fc8' to replace the classifier head.
+  c.reinit = ""
+  # Regex over the same paths: matching parameters are frozen (no update, no weight decay),
+  # e.g. '^conv' to train only the fully connected layers.
+  c.freeze = ""
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # synthetic | fashion_mnist | tfds | folder | auto
@@ -51,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.jpeg_draft = True
 
   c.model = ml_collections.ConfigDict()
-  c.model.variant = "paper"  # paper | torchvision | d2l
+  c.model.variant = "paper"  # paper | torchvision | d2l | alexnet_bn
   c.model.num_classes = 1000
   c.model.in_channels = 3
   c.model.image_size = 224
@@ -66,22 +80,39 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.lrn_alpha_divided_by_size = True  # cuda-convnet, Caffe, PyTorch; see docs/model.md
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "sgd"  # sgd (the paper's momentum form) | adamw
+  c.optimizer.name = "sgd"  # sgd (the paper's momentum form) | adamw | lars
   c.optimizer.learning_rate = 0.01
+  # > 0: learning_rate is the rate for this many images per step, and the run uses
+  # learning_rate * batch_size / base_batch_size (linear scaling, Goyal et al. 2017).
+  c.optimizer.base_batch_size = 0
   c.optimizer.momentum = 0.9
   c.optimizer.nesterov = False
   c.optimizer.weight_decay = 5e-4  # added to the gradient, as in the paper
   c.optimizer.decay_biases = True  # the paper's rule decays every weight
   c.optimizer.b1 = 0.9  # adamw only
   c.optimizer.b2 = 0.999  # adamw only
+  # lars only (You et al. 2017): each weight's step is scaled by
+  # trust_coefficient * ||w|| / ||g + weight_decay * w||; with decay_biases=False the 1-D
+  # leaves (biases, BN scales/offsets) get neither the trust ratio nor weight decay.
+  c.optimizer.trust_coefficient = 0.001
 
   c.schedule = ml_collections.ConfigDict()
-  c.schedule.name = "plateau"  # constant | step | plateau | cosine
+  c.schedule.name = "plateau"  # constant | step | plateau | cosine | poly
   c.schedule.factor = 0.1  # step and plateau
   c.schedule.boundaries_epochs = (30.0, 60.0, 80.0)  # step
   c.schedule.patience = 3  # plateau: evaluations without a better eval/top1
   c.schedule.max_reductions = 3  # plateau: the paper divided by 10 three times
   c.schedule.min_delta = 0.0  # plateau: improvement smaller than this does not count
   c.schedule.warmup_epochs = 0.0  # linear warmup, any schedule
-  c.schedule.end_factor = 0.0  # cosine: final lr as a fraction of the peak
+  c.schedule.end_factor = 0.0  # cosine and poly: final lr as a fraction of the peak
+  c.schedule.power = 2.0  # poly: lr = peak * (1 - t)^power after warmup (You et al.: 2)
+
+  # Parallelism beyond data parallelism (docs/parallel.md).
+  c.parallel = ml_collections.ConfigDict()
+  # 1: data parallelism. 2: the paper's two towers on the two devices of a 'model' mesh axis
+  # (mesh: devices/2 x 2); two-tower variants (paper, alexnet_bn) only.
+  c.parallel.model = 1
+  # Also shard fc6's and fc7's kernels and their optimizer state over the 'data' axis
+  # (gathered for use each step): about 4x less parameter memory per device at 8 devices.
+  c.parallel.fsdp = False
   return c

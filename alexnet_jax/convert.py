@@ -82,12 +82,20 @@ def _last_conv_channels(conv5_bias_shape) -> int:
 # Whole-tree conversion
 # --------------------------------------------------------------------------------------
 
+def _check_no_batch_norm(variant: str) -> None:
+    if variant in models.BATCH_NORM_VARIANTS:
+        raise ValueError(f"There is no PyTorch layout for the {variant} variant: its batch "
+                         "norm layers (and conv layers without biases) have no counterpart "
+                         "in the conv/fc keys this module reads and writes.")
+
+
 def to_torch_layout(params, variant: str) -> dict[str, np.ndarray]:
     """Flax params -> {'conv1.weight': (O, I/groups, kH, kW), ..., 'fc8.bias'}, float32.
 
     fc6.weight's inputs follow PyTorch's NCHW flatten of the (C, H, W) feature map.
     """
     models._check_choice("variant", variant, models.VARIANTS)
+    _check_no_batch_norm(variant)
     arrays = {}
     for layer in CONV_LAYERS:
         arrays[f"{layer}.weight"] = _hwio_to_oihw(np.asarray(params[layer]["kernel"], np.float32))
@@ -105,6 +113,7 @@ def to_torch_layout(params, variant: str) -> dict[str, np.ndarray]:
 def expected_torch_shapes(variant: str, **model_kwargs) -> dict[str, tuple]:
     """Shapes of every layout key for a model config (computed abstractly, no FLOPs)."""
     model = models.create_model(variant=variant, **model_kwargs)
+    _check_no_batch_norm(variant)
     images = jax.ShapeDtypeStruct(
         (1, model.image_size, model.image_size, model.in_channels), jnp.float32)
     abstract = jax.eval_shape(

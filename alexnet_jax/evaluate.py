@@ -2,7 +2,8 @@
 
 `run_eval` walks the eval split (padded, masked global batches) and returns the `eval/*`
 metrics. `evaluate_checkpoint` is `--mode=eval`: restore a checkpoint of this workdir onto the
-devices at hand and evaluate it.
+devices at hand, evaluate it, and (config.eval_report) write DIR/eval_report.json
+(eval_report.py: per-class accuracy, confused pairs, centre and 10-crop views).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from alexnet_jax.experiment import Experiment
 from alexnet_jax.metrics_writer import MetricWriter
 
 
-def run_eval(exp: Experiment, params: Any) -> dict[str, float]:
+def run_eval(exp: Experiment, params: Any, batch_stats: Any = None) -> dict[str, float]:
+  """`batch_stats`: the train state's (alexnet_bn's running BN statistics); None for none."""
+  batch_stats = {} if batch_stats is None else batch_stats
   totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "num_examples": 0.0}
   skipped = 0
   start = time.time()
@@ -30,7 +33,7 @@ def run_eval(exp: Experiment, params: Any) -> dict[str, float]:
                                  prefetch_batches=data.prefetch_batches)
   for batch in batches:
     skipped += int(batch.pop("skipped"))
-    sums = exp.eval_step(params, parallel.to_global_batch(batch, exp.mesh))
+    sums = exp.eval_step(params, batch_stats, parallel.to_global_batch(batch, exp.mesh))
     for key, value in jax.device_get(sums).items():
       totals[key] += float(value)  # float64 on the host: exact counts for any split size
   count = totals["num_examples"]
@@ -67,8 +70,14 @@ def evaluate_checkpoint(exp: Experiment, workdir: str | pathlib.Path) -> dict[st
   checkpointer.close()
   logging.info("Restored step %d from %s onto %d device(s).", step, directory,
                jax.device_count())
-  metrics = run_eval(exp, state["params"])
+  metrics = run_eval(exp, state["params"], state["batch_stats"])
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard=False)
   writer.write(step, {**metrics, "eval/checkpoint_step": step})
   writer.close()
-  return {"step": step, **metrics}
+  result = {"step": step, **metrics}
+  if exp.config.eval_report:
+    from alexnet_jax import eval_report
+    path = eval_report.write_report(exp, state["params"], workdir, step, state["batch_stats"])
+    logging.info("Wrote %s.", path)
+    result["eval_report"] = str(path)
+  return result

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from alexnet_jax import data as data_lib
-from alexnet_jax import models, optim, parallel, state as state_lib, steps
+from alexnet_jax import finetune, models, optim, parallel, state as state_lib, steps
 
 CHECKPOINT_FORMAT = 1
 
@@ -72,14 +72,18 @@ def _check_config(config: Any, info: data_lib.DataInfo, mesh: Mesh) -> None:
   for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     if config[field] <= 0:
       raise ValueError(f"{field}={config[field]} must be positive.")
+  finetune.check_config(config)
 
 
 def build(config: Any) -> Experiment:
-  mesh = parallel.make_mesh()
+  # config.parallel: data parallelism, the two towers on two devices, FSDP (docs/parallel.md).
+  parallel.check_parallel_config(config.parallel.model, jax.device_count(),
+                                 config.model.variant)
+  mesh = parallel.make_mesh(model_parallel=config.parallel.model)
   datasets = data_lib.create_datasets(config, jax.process_index(), jax.process_count())
   info = datasets.info
   _check_config(config, info, mesh)
-  model = models.create_model(**config.model.to_dict())
+  model = models.create_model(**config.model.to_dict(), **parallel.model_axes(mesh, config))
   tx = optim.make_optimizer(config)
 
   steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
@@ -98,13 +102,15 @@ def build(config: Any) -> Experiment:
 
   batch_sharding = parallel.batch_sharding(mesh)
   replicated = parallel.replicated(mesh)
+  # Traced under the mesh, so the model can place its towers on the 'model' axis.
   train_step = jax.jit(
-      steps.make_train_step(model, tx, lr_schedule, mean, std, size),
+      parallel.with_mesh(steps.make_train_step(model, tx, lr_schedule, mean, std, size), mesh),
       in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
       donate_argnums=(0,))
   eval_step = jax.jit(
-      steps.make_eval_step(model, mean, std, size),
-      in_shardings=(shardings["params"], batch_sharding), out_shardings=replicated)
+      parallel.with_mesh(steps.make_eval_step(model, mean, std, size), mesh),
+      in_shardings=(shardings["params"], shardings["batch_stats"], batch_sharding),
+      out_shardings=replicated)
   return Experiment(config=config, mesh=mesh, datasets=datasets, model=model, tx=tx,
                     lr_schedule=lr_schedule, steps_per_epoch=steps_per_epoch,
                     total_steps=total_steps, eval_every_steps=eval_every,

@@ -9,6 +9,14 @@ Three variants share one module and one parameter tree
   no LRN, adaptive average pool to 6x6).
 - ``d2l``: the Dive-into-Deep-Learning textbook net (single tower, 96/256/384/384/256,
   no LRN), 1 input channel and 10 classes for Fashion-MNIST at 224x224.
+- ``alexnet_bn``: the paper's two-tower net with batch normalization after every conv in
+  place of LRN (conv -> BN -> ReLU; conv biases dropped), the "AlexNet-BN" that You et al.
+  (2017) trained with LARS at batch 8K-32K. It has a second collection, ``batch_stats``.
+
+Model parallelism (docs/parallel.md): with ``tower_axis`` set and a mesh with that axis in
+context, each device of the axis computes one tower, as the paper's two GPUs did: the grouped
+convs, LRN and half of every other layer's outputs are local, conv3 and the fully connected
+layers all-gather their inputs. Parameters are the same arrays either way.
 
 Conv and dense parameters are written by hand with ``self.param`` so that the grouped
 kernel ``(kh, kw, in/groups, out)`` is the same array whether the groups run as two
@@ -21,6 +29,8 @@ Functional facade (what scripts and tests use)::
     out = logits('paper', params, images)               # eval mode, float32 logits
     count_params(params)                                # 60_965_224
     layer_shapes('d2l')                                 # {'conv1': (54, 54, 96), ...}
+    stats = init_batch_stats('alexnet_bn')              # running BN statistics ({} if none)
+    out = logits('alexnet_bn', params, images, batch_stats=stats)
 
 See docs/model.md for the design notes (LRN convention, 224 vs 227, init, towers).
 """
@@ -35,8 +45,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-VARIANTS = ("paper", "torchvision", "d2l")
+VARIANTS = ("paper", "torchvision", "d2l", "alexnet_bn")
+# Variants built of the paper's two towers (grouped conv2/4/5): the ones model parallelism
+# over a two-device 'model' axis can split the way the paper split them over two GPUs.
+TWO_TOWER_VARIANTS = ("paper", "alexnet_bn")
+# Variants with batch normalization, hence a 'batch_stats' collection.
+BATCH_NORM_VARIANTS = ("alexnet_bn",)
+# BatchNorm constants of alexnet_bn (running average = 0.9 * old + 0.1 * batch).
+BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
+# Dense layers whose kernels parallel.fsdp shards over the data axis (90% of the parameters).
+FSDP_LAYERS = ("fc6", "fc7")
 INIT_SCHEMES = ("paper", "caffe", "xavier", "torch")
 GROUP_IMPLS = ("auto", "towers", "feature_group_count")
 DTYPES = ("float32", "bfloat16")
@@ -69,6 +89,7 @@ _CONV_SPECS = {
         "conv5": (256, 3, 1, 1, 1),
     },
 }
+_CONV_SPECS["alexnet_bn"] = dict(_CONV_SPECS["paper"])  # same convs; BN replaces LRN
 # Max-pool 3x3 stride 2 ("overlapping pooling") follows these convs in every variant.
 _POOLED_AFTER = ("conv1", "conv2", "conv5")
 POOL_WINDOW, POOL_STRIDE = 3, 2
@@ -117,6 +138,8 @@ def default_model_config(variant: str) -> dict:
         "paper": dict(num_classes=1000, in_channels=3, image_size=224, init="paper"),
         "torchvision": dict(num_classes=1000, in_channels=3, image_size=224, init="torch"),
         "d2l": dict(num_classes=10, in_channels=1, image_size=224, init="xavier"),
+        # You et al. started from Caffe's BVLC AlexNet, hence its init (docs/model.md).
+        "alexnet_bn": dict(num_classes=1000, in_channels=3, image_size=224, init="caffe"),
     }[variant]
     return {**common, **per_variant}
 
@@ -135,7 +158,7 @@ def _paper_conv1_padding(image_size: int) -> int:
 
 def _conv_specs(variant: str, image_size: int) -> dict:
     specs = dict(_CONV_SPECS[variant])
-    if variant == "paper":
+    if variant in TWO_TOWER_VARIANTS:
         out, k, s, _, g = specs["conv1"]
         specs["conv1"] = (out, k, s, _paper_conv1_padding(image_size), g)
     return specs
@@ -174,10 +197,10 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"model.{field}={value!r} must be a positive integer.")
     image_size = cfg["image_size"]
-    if variant == "paper":
+    if variant in TWO_TOWER_VARIANTS:
         if image_size not in PAPER_IMAGE_SIZES:
             raise ValueError(
-                f"model.image_size={image_size!r} is not supported by the paper variant; "
+                f"model.image_size={image_size!r} is not supported by the {variant} variant; "
                 f"use one of {_quoted(PAPER_IMAGE_SIZES)} (both give 55x55 after conv1)."
             )
     elif feature_map_size(variant, image_size) <= 0:
@@ -189,11 +212,14 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
         raise ValueError(f"model.dropout_rate={cfg['dropout_rate']!r} must be in [0, 1).")
 
 
-def create_model(**model_kwargs) -> "AlexNet":
+def create_model(*, tower_axis: str | None = None, fsdp_axis: str | None = None,
+                 **model_kwargs) -> "AlexNet":
     """Build a validated AlexNet from ``config.model.*`` fields.
 
     Missing fields take ``default_model_config(variant)`` (variant defaults to 'paper').
     ``init`` is the config name of the module field ``init_scheme``; either is accepted.
+    ``tower_axis`` / ``fsdp_axis`` are mesh axis names from ``config.parallel`` (see AlexNet);
+    they change where the computation runs, never the parameters or the results.
     """
     kwargs = dict(model_kwargs)
     if "init_scheme" in kwargs:
@@ -208,8 +234,13 @@ def create_model(**model_kwargs) -> "AlexNet":
         )
     cfg = {**default_model_config(kwargs.get("variant", "paper")), **kwargs}
     validate_model_config(cfg)
+    if tower_axis is not None and cfg["variant"] not in TWO_TOWER_VARIANTS:
+        raise ValueError(
+            f"Model parallelism over two towers needs a two-tower variant "
+            f"({_quoted(TWO_TOWER_VARIANTS)}), not model.variant={cfg['variant']!r}; "
+            f"use parallel.model=1 for it.")
     cfg["init_scheme"] = cfg.pop("init")
-    return AlexNet(**cfg)
+    return AlexNet(**cfg, tower_axis=tower_axis, fsdp_axis=fsdp_axis)
 
 
 # --------------------------------------------------------------------------------------
@@ -459,8 +490,111 @@ def max_pool(x):
 max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 
+# --------------------------------------------------------------------------------------
+# Two towers on two devices (model parallelism, docs/parallel.md)
+# --------------------------------------------------------------------------------------
+#
+# XLA's partitioner does not split a grouped convolution by its groups (measured: it
+# all-gathers input, kernel and output), so the tower-local layers are written per device
+# with `jax.shard_map`: each device of the tower axis holds one tower's channels and runs
+# an ordinary convolution on them. The only communication is what the paper's GPUs did:
+# conv3 and the fully connected layers all-gather their inputs from both towers.
+
+def _context_mesh():
+    """The (abstract) mesh in context, or None."""
+    get = getattr(jax.sharding, "get_abstract_mesh", None)
+    mesh = get() if get is not None else None
+    return mesh if mesh is not None and mesh.axis_names else None
+
+
+def tower_mesh(tower_axis: str | None):
+    """The mesh in context when it has ``tower_axis``, else None.
+
+    None means every layer runs as one program and XLA places it from the parameter
+    shardings (same values): the case under ``Module.init``, in ``models.logits``, and in
+    any jit that is not run under the mesh (``parallel.mesh_context``)."""
+    if tower_axis is None:
+        return None
+    mesh = _context_mesh()
+    if mesh is None or tower_axis not in mesh.axis_names:
+        return None
+    size = dict(zip(mesh.axis_names, mesh.axis_sizes))[tower_axis]
+    if size != PAPER_TOWERS:
+        raise ValueError(f"The mesh axis {tower_axis!r} has {size} devices; the two towers "
+                         f"need exactly {PAPER_TOWERS}.")
+    return mesh
+
+
+def _batch_axes(mesh, tower_axis: str):
+    """Mesh axes other than the tower axis: the batch is split over these."""
+    axes = tuple(name for name in mesh.axis_names if name != tower_axis)
+    return axes or None
+
+
+def tower_conv(x, kernel, bias, *, stride: int, padding: int, groups: int, input_split: bool,
+               mesh, tower_axis: str):
+    """Conv with its output channels split over the towers, one tower per device.
+
+    ``kernel`` (and ``bias``, or None) are the global arrays, split on their last axis.
+    ``input_split``: ``x`` holds one tower's channels per device (after conv1). Grouped
+    convs (groups=2) then stay local; a full conv (conv3) all-gathers both towers' inputs.
+    """
+    batch = _batch_axes(mesh, tower_axis)
+    split = P(batch, None, None, tower_axis)
+    if groups not in (1, PAPER_TOWERS) or (groups > 1 and not input_split):
+        raise ValueError(f"tower_conv: {groups} groups do not map onto {PAPER_TOWERS} towers.")
+
+    def body(x, kernel, *maybe_bias):
+        if input_split and groups == 1:
+            x = jax.lax.all_gather(x, tower_axis, axis=3, tiled=True)  # both towers' maps
+        y = _conv(x, kernel, stride, padding, 1)  # one group per device
+        return y + maybe_bias[0] if maybe_bias else y
+
+    args = (x, kernel) + (() if bias is None else (bias,))
+    in_specs = (split if input_split else P(batch), P(None, None, None, tower_axis),
+                P(tower_axis))[:len(args)]
+    return jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=split)(*args)
+
+
+def sharded_dense(x, kernel, bias, *, mesh, tower_axis: str | None, fsdp_axis: str | None,
+                  gather_output: bool = False):
+    """Dense layer, written per device.
+
+    ``tower_axis``: the output features are split over the towers (the paper split every
+    fully connected layer's neurons over its two GPUs); each device sees the whole input,
+    and ``gather_output`` all-gathers the result (fc8: whole logits on every device).
+    ``fsdp_axis``: the kernel's rows are stored sharded over this axis; each device gathers
+    them for the matmul, and the transpose of that gather reduce-scatters the gradient back
+    onto the shards (FSDP), instead of all-reducing a full-size gradient.
+    """
+    batch = _batch_axes(mesh, tower_axis) if tower_axis else (mesh.axis_names or None)
+
+    def body(x, kernel, bias):
+        if fsdp_axis is not None:
+            kernel = jax.lax.all_gather(kernel, fsdp_axis, axis=0, tiled=True)
+        return x @ kernel + bias
+
+    y = jax.shard_map(
+        body, mesh=mesh, in_specs=(P(batch, None), P(fsdp_axis, tower_axis), P(tower_axis)),
+        out_specs=P(batch, tower_axis))(x, kernel, bias)
+    if gather_output and tower_axis is not None:
+        # The gathered logits are replicated over the towers; XLA's all-gather says so to the
+        # partitioner (an all_gather inside shard_map would count as varying over the axis).
+        return jax.lax.with_sharding_constraint(y, P(batch, None))
+    return y
+
+
+def tower_local(fn, x, *, mesh, tower_axis: str):
+    """``fn`` applied to each tower's channels on its own device (LRN within a tower)."""
+    split = P(_batch_axes(mesh, tower_axis), None, None, tower_axis)
+    return jax.shard_map(fn, mesh=mesh, in_specs=split, out_specs=split)(x)
+
+
 class Conv(nn.Module):
-    """Square conv with HWIO kernel (kh, kw, in/groups, out) and bias, float32 params."""
+    """Square conv with HWIO kernel (kh, kw, in/groups, out) and bias, float32 params.
+
+    ``input_split`` (tower mode only): the input already holds one tower per device.
+    """
 
     features: int
     kernel_size: int
@@ -470,6 +604,9 @@ class Conv(nn.Module):
     group_impl: str
     init_scheme: str
     dtype: Any
+    use_bias: bool = True
+    tower_axis: str | None = None
+    input_split: bool = True
 
     @nn.compact
     def __call__(self, x):
@@ -480,20 +617,34 @@ class Conv(nn.Module):
         shape = (self.kernel_size, self.kernel_size, in_channels // self.groups, self.features)
         kernel_init, bias_init = layer_initializers(
             self.init_scheme, self.name, fan_in=int(np.prod(shape[:-1])))
-        kernel = self.param("kernel", kernel_init, shape, jnp.float32)
-        bias = self.param("bias", bias_init, (self.features,), jnp.float32)
-        y = grouped_conv(x.astype(self.dtype), kernel.astype(self.dtype),
-                         stride=self.stride, padding=self.padding, groups=self.groups,
-                         impl=self.group_impl)
-        return y + bias.astype(self.dtype)
+        kernel = self.param("kernel", kernel_init, shape, jnp.float32).astype(self.dtype)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", bias_init, (self.features,), jnp.float32).astype(self.dtype)
+        x = x.astype(self.dtype)
+        mesh = None if self.is_initializing() else tower_mesh(self.tower_axis)
+        if mesh is not None:
+            return tower_conv(x, kernel, bias, stride=self.stride, padding=self.padding,
+                              groups=self.groups, input_split=self.input_split, mesh=mesh,
+                              tower_axis=self.tower_axis)
+        y = grouped_conv(x, kernel, stride=self.stride, padding=self.padding,
+                         groups=self.groups, impl=self.group_impl)
+        return y if bias is None else y + bias
 
 
 class Dense(nn.Module):
-    """Dense layer with kernel (in, out) and bias, float32 params."""
+    """Dense layer with kernel (in, out) and bias, float32 params.
+
+    ``tower_axis``: split the output features over the towers when that mesh axis is in
+    context. ``fsdp_axis``: the kernel is stored sharded over this axis (parallel.fsdp) and
+    gathered for use here, so its gradient is reduce-scattered back.
+    """
 
     features: int
     init_scheme: str
     dtype: Any
+    tower_axis: str | None = None
+    fsdp_axis: str | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -501,7 +652,21 @@ class Dense(nn.Module):
         kernel_init, bias_init = layer_initializers(self.init_scheme, self.name, fan_in=shape[0])
         kernel = self.param("kernel", kernel_init, shape, jnp.float32)
         bias = self.param("bias", bias_init, (self.features,), jnp.float32)
-        return x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+        x, kernel, bias = (v.astype(self.dtype) for v in (x, kernel, bias))
+        if self.is_initializing():
+            return x @ kernel + bias
+        towers = tower_mesh(self.tower_axis)
+        tower_axis = (self.tower_axis if towers is not None
+                      and self.features % PAPER_TOWERS == 0 else None)
+        context = _context_mesh()
+        fsdp_axis = (self.fsdp_axis if self.fsdp_axis is not None and self.name in FSDP_LAYERS
+                     and context is not None and self.fsdp_axis in context.axis_names else None)
+        if tower_axis is not None or fsdp_axis is not None:
+            return sharded_dense(x, kernel, bias, mesh=context, tower_axis=tower_axis,
+                                 fsdp_axis=fsdp_axis, gather_output=self.name == "fc8")
+        if towers is not None:  # features that do not split in two (an odd num_classes)
+            x = jax.lax.with_sharding_constraint(x, P(_batch_axes(towers, self.tower_axis)))
+        return x @ kernel + bias
 
 
 # --------------------------------------------------------------------------------------
@@ -512,8 +677,15 @@ class AlexNet(nn.Module):
     """AlexNet; fields are the ``config.model.*`` fields (``init`` -> ``init_scheme``).
 
     Call with NHWC float images (already normalized) and ``train``; dropout draws from
-    the 'dropout' rng collection. Only a 'params' collection; logits are float32.
+    the 'dropout' rng collection. Collections: 'params', and for alexnet_bn 'batch_stats'
+    (running BN statistics: updated when ``train`` and ``mutable=['batch_stats']``, used
+    when not ``train``). Logits are float32.
     Prefer ``create_model(**config.model)``, which validates and fills defaults.
+
+    Two fields are not ``config.model`` fields but mesh axis names from ``config.parallel``
+    (docs/parallel.md); they move computation, never change values or parameters:
+    ``tower_axis`` runs one tower per device of that axis when a mesh with it is in context;
+    ``fsdp_axis`` gathers fc6/fc7's kernels, stored sharded over that axis, for their use.
     """
 
     variant: str
@@ -529,6 +701,8 @@ class AlexNet(nn.Module):
     lrn_alpha: float = 1e-4
     lrn_beta: float = 0.75
     lrn_alpha_divided_by_size: bool = True
+    tower_axis: str | None = None
+    fsdp_axis: str | None = None
 
     def config(self) -> dict:
         """The fields as a ``config.model`` dict (with ``init``, not ``init_scheme``)."""
@@ -550,9 +724,14 @@ class AlexNet(nn.Module):
         self.sow("intermediates", stage + _STAGE_SUFFIX, x)
 
     def _lrn(self, x):
-        return local_response_norm(
-            x, size=self.lrn_size, k=self.lrn_k, alpha=self.lrn_alpha, beta=self.lrn_beta,
-            alpha_divided_by_size=self.lrn_alpha_divided_by_size, groups=PAPER_TOWERS)
+        lrn = functools.partial(
+            local_response_norm, size=self.lrn_size, k=self.lrn_k, alpha=self.lrn_alpha,
+            beta=self.lrn_beta, alpha_divided_by_size=self.lrn_alpha_divided_by_size)
+        mesh = None if self.is_initializing() else tower_mesh(self.tower_axis)
+        if mesh is not None:  # one tower per device: LRN is local to it
+            return tower_local(functools.partial(lrn, groups=1), x, mesh=mesh,
+                               tower_axis=self.tower_axis)
+        return lrn(x, groups=PAPER_TOWERS)
 
     @nn.compact
     def __call__(self, images, *, train: bool):
@@ -562,10 +741,17 @@ class AlexNet(nn.Module):
         group_impl = resolve_group_impl(self.group_impl)
         x = images.astype(dtype)
 
+        batch_norm = self.variant in BATCH_NORM_VARIANTS
         for name, (features, kernel, stride, padding, groups) in _conv_specs(
                 self.variant, self.image_size).items():
+            # With BN after it a conv's bias is redundant (BN subtracts the mean): none.
             x = Conv(features, kernel, stride, padding, groups, group_impl,
-                     self.init_scheme, dtype, name=name)(x)
+                     self.init_scheme, dtype, use_bias=not batch_norm,
+                     tower_axis=self.tower_axis, input_split=name != "conv1", name=name)(x)
+            if batch_norm:  # before the ReLU, as Ioffe & Szegedy place it
+                x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                                 epsilon=BN_EPSILON, dtype=dtype, param_dtype=jnp.float32,
+                                 name=name.replace("conv", "bn"))(x)
             x = nn.relu(x)
             self._record(name, x)
             if self.variant == "paper" and name in ("conv1", "conv2"):
@@ -585,7 +771,8 @@ class AlexNet(nn.Module):
     def _classifier(self, x, train: bool):
         dtype = jnp.dtype(self.dtype)
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
-        dense = functools.partial(Dense, init_scheme=self.init_scheme, dtype=dtype)
+        dense = functools.partial(Dense, init_scheme=self.init_scheme, dtype=dtype,
+                                  tower_axis=self.tower_axis, fsdp_axis=self.fsdp_axis)
         # torchvision drops fc6's and fc7's inputs; paper and d2l drop fc6's and fc7's
         # outputs after the ReLU (= the inputs of fc7 and fc8).
         drop_before = self.variant == "torchvision"
@@ -614,9 +801,25 @@ def init(variant: str, seed: int, **model_kwargs) -> dict:
     """Fresh parameters: the pytree under 'params' (what the trainer checkpoints).
 
     ``model_kwargs`` are ``config.model.*`` fields; missing ones take the variant defaults.
-    Deterministic in ``seed`` (threefry), whatever the backend.
+    Deterministic in ``seed`` (threefry), whatever the backend. Batch statistics (alexnet_bn)
+    are not parameters: ``init_batch_stats`` gives their initial values.
     """
     return _jitted_init(_init_cache_key(variant, model_kwargs))(jax.random.key(seed))
+
+
+def init_batch_stats(variant: str, **model_kwargs) -> dict:
+    """Initial running statistics, the 'batch_stats' collection: for alexnet_bn
+    ``{'bn1': {'mean': zeros, 'var': ones}, ...}``; ``{}`` for variants without BN."""
+    if variant not in BATCH_NORM_VARIANTS:
+        create_model(variant=variant, **model_kwargs)  # still validate the fields
+        return {}
+    model = create_model(variant=variant, **model_kwargs)
+    variables = jax.eval_shape(
+        lambda: model.init({"params": jax.random.key(0)}, _dummy_images(model), train=False))
+    # BN's running mean starts at 0 and its running variance at 1 (flax's defaults).
+    return {layer: {"mean": jnp.zeros(v["mean"].shape, jnp.float32),
+                    "var": jnp.ones(v["var"].shape, jnp.float32)}
+            for layer, v in variables["batch_stats"].items()}
 
 
 # Jitted functions are cached per model config: a fresh jax.jit per call would recompile.
@@ -648,16 +851,29 @@ def _jitted_init(frozen_kwargs: tuple) -> Callable:
         lambda key: model.init({"params": key}, _dummy_images(model), train=False)["params"])
 
 
+def variables(params, batch_stats=None) -> dict:
+    """The variables dict ``Module.apply`` takes: params, plus batch stats when there are."""
+    return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
+
 @functools.lru_cache(maxsize=32)
 def _jitted_logits(frozen_kwargs: tuple) -> Callable:
     model = create_model(**dict(frozen_kwargs))
-    return jax.jit(lambda params, images: model.apply({"params": params}, images, train=False))
+    return jax.jit(lambda params, batch_stats, images: model.apply(
+        variables(params, batch_stats), images, train=False))
 
 
-def logits(variant: str, params, images, **model_kwargs) -> jax.Array:
-    """Eval-mode float32 logits for NHWC float32 normalized ``images`` (jitted, cached)."""
+def logits(variant: str, params, images, *, batch_stats=None, **model_kwargs) -> jax.Array:
+    """Eval-mode float32 logits for NHWC float32 normalized ``images`` (jitted, cached).
+
+    alexnet_bn needs ``batch_stats`` (its running BN statistics, e.g. from a checkpoint's
+    state['batch_stats'] or ``init_batch_stats``): eval mode normalizes with them."""
     key = _logits_cache_key(variant, model_kwargs)
-    return _jitted_logits(key)(params, jnp.asarray(images, jnp.float32))
+    if variant in BATCH_NORM_VARIANTS and not batch_stats:
+        raise ValueError(f"The {variant} variant normalizes with its running batch "
+                         "statistics in eval mode: pass batch_stats=... (a checkpoint's "
+                         "state['batch_stats'], or models.init_batch_stats(variant)).")
+    return _jitted_logits(key)(params, batch_stats or {}, jnp.asarray(images, jnp.float32))
 
 
 def count_params(params) -> int:

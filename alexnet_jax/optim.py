@@ -5,20 +5,25 @@ sits inside the momentum buffer (optax.sgd scales after it), which matters as so
 changes. The rate is an injected hyperparameter, set every step from
 `schedule(step) * lr_scale`; `lr_scale` lives in the train state so that the plateau rule
 (a decision made on the host after an evaluation) survives checkpoints.
+
+`config.freeze` (a regex over parameter paths such as 'conv1/kernel') routes the matching
+parameters to `optax.set_to_zero()` inside the injected optimizer: they get no update, no weight
+decay and no momentum buffer, and XLA drops their now unused gradients.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("constant", "step", "plateau", "cosine")
-OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "step", "plateau", "cosine", "poly")
+OPTIMIZERS = ("sgd", "adamw", "lars")
 
 
 def _ndim_mask(params):
@@ -26,32 +31,90 @@ def _ndim_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def param_paths(params) -> Any:
+  """The tree of '/'-joined names of each leaf: {'conv1': {'kernel': 'conv1/kernel'}, ...}."""
+  def name(path, _):
+    return "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
+  return jax.tree_util.tree_map_with_path(name, params)
+
+
+def compile_pattern(field: str, pattern: str) -> re.Pattern:
+  try:
+    return re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f"{field}={pattern!r} is not a valid regular expression: {e}.") from e
+
+
+def freeze_labels(pattern: str) -> Callable[[Any], Any]:
+  """params -> 'frozen' / 'trainable' per leaf, by `re.search` of `pattern` in its path."""
+  regex = compile_pattern("freeze", pattern)
+
+  def labels(params):
+    paths = param_paths(params)
+    names = jax.tree.leaves(paths)
+    if not any(regex.search(n) for n in names):
+      raise ValueError(f"freeze={pattern!r} matches no parameter; names look like "
+                       f"{', '.join(names[:4])}, ...")
+    return jax.tree.map(lambda n: "frozen" if regex.search(n) else "trainable", paths)
+  return labels
+
+
+def _with_freeze(tx: optax.GradientTransformation, freeze: str) -> optax.GradientTransformation:
+  if not freeze:
+    return tx
+  return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()},
+                               freeze_labels(freeze))
+
+
 def paper_sgd(learning_rate: float, momentum: float, weight_decay: float, nesterov: bool,
-              decay_biases: bool) -> optax.GradientTransformation:
-  return optax.chain(
+              decay_biases: bool, freeze: str = "") -> optax.GradientTransformation:
+  return _with_freeze(optax.chain(
       optax.add_decayed_weights(weight_decay, mask=None if decay_biases else _ndim_mask),
       optax.scale_by_learning_rate(learning_rate),
       optax.trace(decay=momentum, nesterov=nesterov),
-  )
+  ), freeze)
 
 
 def adamw(learning_rate: float, b1: float, b2: float, weight_decay: float,
-          decay_biases: bool) -> optax.GradientTransformation:
-  return optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay,
-                     mask=None if decay_biases else _ndim_mask)
+          decay_biases: bool, freeze: str = "") -> optax.GradientTransformation:
+  return _with_freeze(optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay,
+                                  mask=None if decay_biases else _ndim_mask), freeze)
+
+
+def lars(learning_rate: float, momentum: float, weight_decay: float, trust_coefficient: float,
+         nesterov: bool, decay_biases: bool, freeze: str = "") -> optax.GradientTransformation:
+  """LARS (You, Gitman & Ginsburg 2017), optax's form: u = g + wd * w, scaled per weight
+  array by trust_coefficient * ||w|| / ||u||, then v <- momentum * v - lr * u (the rate inside
+  the momentum buffer, as in paper_sgd). decay_biases=False exempts the 1-D leaves (biases,
+  BN scales and offsets) from both the decay and the trust ratio."""
+  mask = None if decay_biases else _ndim_mask
+  return _with_freeze(optax.lars(
+      learning_rate, weight_decay=weight_decay, weight_decay_mask=mask or True,
+      trust_coefficient=trust_coefficient, trust_ratio_mask=mask or True, momentum=momentum,
+      nesterov=nesterov), freeze)
 
 
 def make_optimizer(config: Any) -> optax.GradientTransformation:
   """The configured optimizer with `learning_rate` injected, so each step can set it."""
   opt = config.optimizer
+  freeze = config.get("freeze", "")
+  if freeze:
+    compile_pattern("freeze", freeze)  # a bad pattern fails here, before any tracing
   if opt.name == "sgd":
-    return optax.inject_hyperparams(paper_sgd, static_args=("nesterov", "decay_biases"))(
+    return optax.inject_hyperparams(
+        paper_sgd, static_args=("nesterov", "decay_biases", "freeze"))(
         learning_rate=opt.learning_rate, momentum=opt.momentum,
-        weight_decay=opt.weight_decay, nesterov=opt.nesterov, decay_biases=opt.decay_biases)
+        weight_decay=opt.weight_decay, nesterov=opt.nesterov, decay_biases=opt.decay_biases,
+        freeze=freeze)
+  if opt.name == "lars":
+    return optax.inject_hyperparams(lars, static_args=("nesterov", "decay_biases", "freeze"))(
+        learning_rate=opt.learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay,
+        trust_coefficient=opt.trust_coefficient, nesterov=opt.nesterov,
+        decay_biases=opt.decay_biases, freeze=freeze)
   if opt.name == "adamw":
-    return optax.inject_hyperparams(adamw, static_args=("decay_biases",))(
+    return optax.inject_hyperparams(adamw, static_args=("decay_biases", "freeze"))(
         learning_rate=opt.learning_rate, b1=opt.b1, b2=opt.b2,
-        weight_decay=opt.weight_decay, decay_biases=opt.decay_biases)
+        weight_decay=opt.weight_decay, decay_biases=opt.decay_biases, freeze=freeze)
   raise ValueError(f"optimizer.name={opt.name!r} is not one of "
                    f"{', '.join(map(repr, OPTIMIZERS))}.")
 
@@ -60,6 +123,9 @@ def make_schedule(config: Any, steps_per_epoch: int, total_steps: int) -> Callab
   """step -> base learning rate (before the plateau scale)."""
   sched = config.schedule
   peak = config.optimizer.learning_rate
+  base_batch = config.optimizer.get("base_batch_size", 0)
+  if base_batch > 0:  # linear scaling: learning_rate is the rate for base_batch images
+    peak = peak * config.batch_size / base_batch
   warmup = int(round(sched.warmup_epochs * steps_per_epoch))
   if sched.name in ("constant", "plateau"):
     main = optax.constant_schedule(peak)
@@ -71,6 +137,10 @@ def make_schedule(config: Any, steps_per_epoch: int, total_steps: int) -> Callab
     cosine = optax.cosine_decay_schedule(peak, max(1, total_steps - warmup),
                                          alpha=sched.end_factor)
     main = lambda step: cosine(jnp.maximum(step - warmup, 0))  # decays once warmup is over
+  elif sched.name == "poly":  # You et al.'s LARS runs: peak * (1 - t)^power, t from 0 to 1
+    poly = optax.polynomial_schedule(peak, peak * sched.end_factor, sched.get("power", 2.0),
+                                     max(1, total_steps - warmup))
+    main = lambda step: poly(jnp.maximum(step - warmup, 0))
   else:
     raise ValueError(f"schedule.name={sched.name!r} is not one of "
                      f"{', '.join(map(repr, SCHEDULES))}.")

@@ -3,6 +3,12 @@
 Both are pure functions of their inputs. Images arrive as uint8 and are turned into model
 inputs here, on the device: cast, resize to `model.image_size` when the host images have
 another size (Fashion-MNIST's 28x28), then `(x - mean) / std`.
+
+Batch statistics (alexnet_bn): the train step normalizes with the statistics of its batch and
+returns the updated running averages in `state['batch_stats']`; the eval step normalizes with
+the running averages. The batch mean is over the whole global batch: the batch axis is sharded
+over the devices and the mean is one reduction over it (XLA adds the all-reduce), so the
+statistics, like the loss, do not depend on the device count.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
+from alexnet_jax import models
 
 
 def device_preprocess(images: jax.Array, mean: jax.Array, std: jax.Array,
@@ -32,6 +40,8 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     lr_schedule: Callable, mean, std, image_size: int) -> Callable:
+  """(state, batch) -> (state, metrics). Trace it under `parallel.mesh_context(mesh)` (as
+  experiment.build does) for the model-parallel layout to take effect."""
   mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
   def train_step(state: dict[str, Any], batch: dict[str, jax.Array]):
@@ -41,13 +51,22 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     images = device_preprocess(batch["image"], mean, std, image_size)
     labels = batch["label"]
 
-    def loss_fn(params):
-      logits = model.apply({"params": params}, images, train=True,
-                           rngs={"dropout": dropout_rng})
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, logits
+    batch_stats = state.get("batch_stats", {})
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    def loss_fn(params):
+      variables = models.variables(params, batch_stats)
+      if batch_stats:
+        logits, updated = model.apply(variables, images, train=True,
+                                      rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+        new_stats = updated["batch_stats"]
+      else:
+        logits = model.apply(variables, images, train=True, rngs={"dropout": dropout_rng})
+        new_stats = batch_stats
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, (logits, new_stats)
+
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"])
     lr = lr_schedule(step) * state["schedule"]["scale"]
     opt_state = state["opt_state"]
     opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
@@ -60,24 +79,28 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         "lr": lr,
     }
     new_state = dict(state, step=step + 1, params=params, opt_state=opt_state)
+    if batch_stats:
+      new_state["batch_stats"] = new_stats
     return new_state, metrics
 
   return train_step
 
 
 def make_eval_step(model: nn.Module, mean, std, image_size: int) -> Callable:
-  """Sums of loss and top-k hits over the rows whose mask is set.
+  """(params, batch_stats, batch) -> sums of loss and top-k hits over the rows whose mask is
+  set. `batch_stats` is the state's (an empty dict for models without BN).
 
   With images of shape (B, crops, H, W, C) the softmax is averaged over the crops, as the
   paper's 10-crop test did; the loss is then -log of the averaged probability.
   """
   mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
-  def eval_step(params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  def eval_step(params: Any, batch_stats: Any,
+                batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     images = device_preprocess(batch["image"], mean, std, image_size)
     crops = images.shape[1] if images.ndim == 5 else 1
     flat = images.reshape((-1,) + images.shape[-3:])
-    logits = model.apply({"params": params}, flat, train=False)
+    logits = model.apply(models.variables(params, batch_stats), flat, train=False)
     log_probs = jax.nn.log_softmax(logits.reshape(images.shape[0], crops, -1), axis=-1)
     log_mean_probs = jax.nn.logsumexp(log_probs, axis=1) - jnp.log(crops)
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)

@@ -15,7 +15,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from alexnet_jax import checkpoint as ckpt_lib, evaluate, optim, parallel, state as state_lib
+from alexnet_jax import (checkpoint as ckpt_lib, evaluate, finetune, interpret, optim, parallel,
+                         state as state_lib)
 from alexnet_jax.data import pipeline
 from alexnet_jax.experiment import Experiment
 from alexnet_jax.metrics_writer import MetricWriter
@@ -101,8 +102,12 @@ def _restore_or_init(exp: Experiment, checkpointer: ckpt_lib.Checkpointer,
   if latest is None:
     writer.log(f"Initializing {exp.config.model.variant} model "
                f"({jax.device_count()} device(s), seed {exp.config.seed}).")
-    return state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.mesh,
-                                        exp.config.seed)
+    state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.mesh,
+                                         exp.config.seed)
+    if exp.config.init_from:  # only for a fresh run: a resumed one has its own checkpoint
+      state = finetune.initialize_from(state, exp.config, exp.tx, exp.state_shardings,
+                                       writer.log)
+    return state
   ckpt_lib.check_compatible(checkpointer.read_meta(latest), exp.config.model.to_dict(),
                             str(checkpointer.directory))
   abstract = ckpt_lib.abstract_like(exp.abstract_state, exp.state_shardings)
@@ -186,13 +191,14 @@ def train_and_evaluate(exp: Experiment, workdir: str | pathlib.Path) -> TrainRes
         _check_skips(config, summary["data/skipped"], _global_sum(records))
 
       if step % exp.eval_every_steps == 0 or (is_last and config.eval_at_end):
-        eval_metrics = evaluate.run_eval(exp, state["params"])
+        eval_metrics = evaluate.run_eval(exp, state["params"], state["batch_stats"])
         eval_metrics["train/epoch"] = exp.epoch_of(step)
         writer.write(step, eval_metrics)
         writer.log(f"eval at step {step}: loss {eval_metrics['eval/loss']:.4f} top1 "
                    f"{eval_metrics['eval/top1']:.4f} top5 {eval_metrics['eval/top5']:.4f} "
                    f"({eval_metrics['eval/num_examples']} examples)")
         state = _update_plateau(exp, state, eval_metrics["eval/top1"], writer)
+        _write_filters_image(exp, state, step, writer)
 
       stopping = stop.requested() or checkpointer.reached_preemption(step)
       if step % config.checkpoint_every_steps == 0 or is_last or stopping:
@@ -210,6 +216,16 @@ def train_and_evaluate(exp: Experiment, workdir: str | pathlib.Path) -> TrainRes
                     "to resume.", signal.Signals(stop.signum).name, last_saved,
                     checkpointer.directory)
   return TrainResult(final_step=step, interrupted_by=stop.signum, eval_metrics=eval_metrics)
+
+
+def _write_filters_image(exp: Experiment, state: Any, step: int, writer: MetricWriter) -> None:
+  """conv1's filters as one picture in TensorBoard (the two towers side by side)."""
+  # Gathered on every process (a collective when the towers are split over processes).
+  kernel = finetune.to_host(state["params"]["conv1"]["kernel"])
+  if not writer.enabled:
+    return
+  writer.image(step, "filters/conv1",
+               interpret.conv1_filter_grid(kernel, interpret.towers_of(exp.config.model.variant)))
 
 
 def _global_sum(value: int) -> int:

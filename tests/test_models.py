@@ -329,7 +329,7 @@ def test_dropout_placement(variant, image_size):
 # --------------------------------------------------------------------------------------
 
 def test_default_configs():
-    assert models.VARIANTS == ("paper", "torchvision", "d2l")
+    assert models.VARIANTS == ("paper", "torchvision", "d2l", "alexnet_bn")
     paper = models.default_model_config("paper")
     assert (paper["num_classes"], paper["in_channels"], paper["image_size"],
             paper["init"]) == (1000, 3, 224, "paper")
@@ -371,7 +371,8 @@ def test_init_is_deterministic_in_seed():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("variant", "foo", "model.variant='foo' is not one of 'paper', 'torchvision', 'd2l'"),
+    ("variant", "foo",
+     "model.variant='foo' is not one of 'paper', 'torchvision', 'd2l', 'alexnet_bn'"),
     ("init", "he", "model.init='he' is not one of 'paper', 'caffe', 'xavier', 'torch'"),
     ("group_impl", "split", "model.group_impl='split' is not one of"),
     ("dtype", "float16", "model.dtype='float16' is not one of 'float32', 'bfloat16'"),
