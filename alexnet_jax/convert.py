@@ -199,24 +199,19 @@ def torchvision_keys_to_layout(state_dict: Mapping[str, np.ndarray]) -> dict[str
     return {ours: np.asarray(renamed[tv], np.float32) for tv, ours in TORCHVISION_KEYS.items()}
 
 
-def _import_torch():
+def read_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A PyTorch state_dict file as float32 numpy arrays (a `module.` prefix dropped).
+
+    torch is imported here only; every way the file can be wrong is one clear error.
+    """
+    path = os.path.expanduser(os.fspath(path))
     try:
         import torch
     except ImportError as err:
-        raise ImportError("load_torchvision needs PyTorch to read the file: "
-                          "`pip install torch` (or `pip install alexnet_jax[torch]`).") from err
-    return torch
-
-
-def load_torchvision(path: str | os.PathLike, **model_kwargs) -> dict:
-    """Read a torchvision ``alexnet`` state_dict file into 'torchvision'-variant params.
-
-    num_classes and in_channels are taken from the file unless given in ``model_kwargs``.
-    """
-    torch = _import_torch()
-    path = os.fspath(path)
+        raise ImportError(f"Reading {path!r} needs PyTorch: `pip install torch` "
+                          "(or `pip install alexnet_jax[torch]`).") from err
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No torchvision state_dict file at {path!r}.")
+        raise FileNotFoundError(f"No PyTorch state_dict file at {path!r}.")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle/zip errors from a corrupt or foreign file
@@ -226,8 +221,16 @@ def load_torchvision(path: str | os.PathLike, **model_kwargs) -> dict:
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{path!r} holds a {type(loaded).__name__}, not a state_dict; "
                          "save it with torch.save(model.state_dict(), path).")
-    arrays = torchvision_keys_to_layout(
-        {k: v.detach().float().cpu().numpy() for k, v in loaded.items() if hasattr(v, "detach")})
+    return {k.removeprefix("module."): v.detach().float().cpu().numpy()
+            for k, v in loaded.items() if hasattr(v, "detach")}
+
+
+def load_torchvision(path: str | os.PathLike, **model_kwargs) -> dict:
+    """Read a torchvision ``alexnet`` state_dict file into 'torchvision'-variant params.
+
+    num_classes and in_channels are taken from the file unless given in ``model_kwargs``.
+    """
+    arrays = torchvision_keys_to_layout(read_state_dict_file(path))
     model_kwargs.setdefault("num_classes", int(arrays["fc8.bias"].shape[0]))
     model_kwargs.setdefault("in_channels", int(arrays["conv1.weight"].shape[1]))
     return from_torch_layout(arrays, "torchvision", **model_kwargs)

@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 from absl import logging
 
 from alexnet_jax import checkpoint as ckpt_lib, parallel

@@ -146,24 +146,7 @@ def read_torch_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray
   torchvision's keys mean the torchvision variant; layout keys (conv1.weight ...) fit any
   variant (None).
   """
-  path = os.path.expanduser(os.fspath(path))
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"No PyTorch state_dict file at {path}.")
-  try:
-    import torch
-  except ImportError as err:
-    raise ImportError(f"Reading {path} needs PyTorch: pip install torch.") from err
-  try:
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as err:  # pickle/zip errors from a corrupt or foreign file
-    raise ValueError(f"Could not read {path} as a PyTorch state_dict: {err}") from err
-  if isinstance(loaded, Mapping) and "state_dict" in loaded:
-    loaded = loaded["state_dict"]
-  if not isinstance(loaded, Mapping):
-    raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state_dict; save it with "
-                     "torch.save(model.state_dict(), path).")
-  arrays = {k.removeprefix("module."): v.detach().float().cpu().numpy()
-            for k, v in loaded.items() if hasattr(v, "detach")}
+  arrays = convert.read_state_dict_file(path)
   if all(k in arrays for k in convert.TORCHVISION_KEYS):
     return convert.torchvision_keys_to_layout(arrays), "torchvision"
   if all(k in arrays for k in LAYOUT_KEYS):
