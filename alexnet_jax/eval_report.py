@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import models, parallel, steps
+from alexnet_jax import parallel, steps
 from alexnet_jax.data import pipeline
 
 REPORT_FILE = "eval_report.json"
@@ -61,11 +61,8 @@ def make_ranking_step(model, mean, std, image_size: int, k: int = TOP_K) -> Call
 
   def ranking_step(params, batch_stats, batch):
     images = steps.device_preprocess(batch["image"], mean, std, image_size)
-    crops = images.shape[1] if images.ndim == 5 else 1
-    flat = images.reshape((-1,) + images.shape[-3:])
-    logits = model.apply(models.variables(params, batch_stats), flat, train=False)
-    probs = jax.nn.softmax(logits.reshape(images.shape[0], crops, -1), axis=-1).mean(axis=1)
-    _, ranked = jax.lax.top_k(probs, min(k, probs.shape[-1]))
+    log_probs = steps.crop_averaged_log_probs(model, params, batch_stats, images)
+    _, ranked = jax.lax.top_k(log_probs, min(k, log_probs.shape[-1]))  # same order as probs
     return {"ranked": ranked, "label": batch["label"], "mask": batch["mask"]}
 
   return ranking_step

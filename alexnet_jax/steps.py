@@ -51,19 +51,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     images = device_preprocess(batch["image"], mean, std, image_size)
     labels = batch["label"]
 
-    batch_stats = state.get("batch_stats", {})
-
     def loss_fn(params):
-      variables = models.variables(params, batch_stats)
-      if batch_stats:
-        logits, updated = model.apply(variables, images, train=True,
-                                      rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-        new_stats = updated["batch_stats"]
-      else:
-        logits = model.apply(variables, images, train=True, rngs={"dropout": dropout_rng})
-        new_stats = batch_stats
+      variables = models.variables(params, state["batch_stats"])
+      # Models without BN have no batch_stats collection: `updated` is then empty.
+      logits, updated = model.apply(variables, images, train=True,
+                                    rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, (logits, new_stats)
+      return loss, (logits, updated.get("batch_stats", {}))
 
     (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"])
@@ -78,12 +72,21 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         "top5": topk_correct(logits, labels, 5).mean(),
         "lr": lr,
     }
-    new_state = dict(state, step=step + 1, params=params, opt_state=opt_state)
-    if batch_stats:
-      new_state["batch_stats"] = new_stats
+    new_state = dict(state, step=step + 1, params=params, opt_state=opt_state,
+                     batch_stats=new_stats)
     return new_state, metrics
 
   return train_step
+
+
+def crop_averaged_log_probs(model: nn.Module, params: Any, batch_stats: Any,
+                            images: jax.Array) -> jax.Array:
+  """log of the softmax averaged over crops, for images (B, crops, H, W, C) or (B, H, W, C)."""
+  crops = images.shape[1] if images.ndim == 5 else 1
+  flat = images.reshape((-1,) + images.shape[-3:])
+  logits = model.apply(models.variables(params, batch_stats), flat, train=False)
+  log_probs = jax.nn.log_softmax(logits.reshape(images.shape[0], crops, -1), axis=-1)
+  return jax.nn.logsumexp(log_probs, axis=1) - jnp.log(crops)
 
 
 def make_eval_step(model: nn.Module, mean, std, image_size: int) -> Callable:
@@ -98,11 +101,7 @@ def make_eval_step(model: nn.Module, mean, std, image_size: int) -> Callable:
   def eval_step(params: Any, batch_stats: Any,
                 batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     images = device_preprocess(batch["image"], mean, std, image_size)
-    crops = images.shape[1] if images.ndim == 5 else 1
-    flat = images.reshape((-1,) + images.shape[-3:])
-    logits = model.apply(models.variables(params, batch_stats), flat, train=False)
-    log_probs = jax.nn.log_softmax(logits.reshape(images.shape[0], crops, -1), axis=-1)
-    log_mean_probs = jax.nn.logsumexp(log_probs, axis=1) - jnp.log(crops)
+    log_mean_probs = crop_averaged_log_probs(model, params, batch_stats, images)
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
     nll = -jnp.take_along_axis(log_mean_probs, labels[:, None], axis=-1)[:, 0]
     return {
