@@ -135,8 +135,11 @@ def eval_dataset(exp, ten_crop: bool):
   return data_lib.create_datasets(config, jax.process_index(), jax.process_count()).eval
 
 
-def build_report(exp, params, step: int, batch_stats: Any = None) -> dict[str, Any]:
-  """`batch_stats`: the state's running BN statistics (alexnet_bn); None for none."""
+def build_report(exp, params, step: int, batch_stats: Any = None,
+                 counted: dict[bool, ViewCounts] | None = None) -> dict[str, Any]:
+  """`batch_stats`: the state's running BN statistics (alexnet_bn); None for none.
+  `counted`: views already counted by the caller's own pass, keyed by ten_crop."""
+  counted = counted or {}
   batch_stats = {} if batch_stats is None else batch_stats
   config = exp.config
   names = tuple(exp.datasets.info.class_names or ())
@@ -148,7 +151,9 @@ def build_report(exp, params, step: int, batch_stats: Any = None) -> dict[str, A
       notes.append(f"ten_crop: not applicable to data.source={config.data.source!r}: its "
                    "images are evaluated whole, with no crops to vary.")
       continue
-    counts = count_view(exp, params, batch_stats, eval_dataset(exp, ten_crop))
+    counts = counted.get(ten_crop)
+    if counts is None:
+      counts = count_view(exp, params, batch_stats, eval_dataset(exp, ten_crop))
     views[view] = summarize(counts, names, config.eval_report_confusions)
   if config.data.source not in TEN_CROP_SOURCES:
     notes.append("center_crop: the whole image (this source has no crop), resized to "
@@ -158,9 +163,10 @@ def build_report(exp, params, step: int, batch_stats: Any = None) -> dict[str, A
 
 
 def write_report(exp, params, workdir: str | pathlib.Path, step: int,
-                 batch_stats: Any = None) -> pathlib.Path:
+                 batch_stats: Any = None,
+                 counted: dict[bool, ViewCounts] | None = None) -> pathlib.Path:
   """Builds the report (every process takes part) and writes it from process 0."""
-  report = build_report(exp, params, step, batch_stats)
+  report = build_report(exp, params, step, batch_stats, counted)
   path = pathlib.Path(workdir) / REPORT_FILE
   if jax.process_index() == 0:
     path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 
 from alexnet_jax import checkpoint as ckpt_lib, parallel
@@ -21,8 +22,11 @@ from alexnet_jax.experiment import Experiment
 from alexnet_jax.metrics_writer import MetricWriter
 
 
-def run_eval(exp: Experiment, params: Any, batch_stats: Any = None) -> dict[str, float]:
-  """`batch_stats`: the train state's (alexnet_bn's running BN statistics); None for none."""
+def run_eval(exp: Experiment, params: Any, batch_stats: Any = None,
+             view_counts: Any = None) -> dict[str, float]:
+  """`batch_stats`: the train state's (alexnet_bn's running BN statistics); None for none.
+  `view_counts` (an eval_report.ViewCounts), if given, also gets every counted row's top-5,
+  so the report needs no second pass over the split."""
   batch_stats = {} if batch_stats is None else batch_stats
   totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "num_examples": 0.0}
   skipped = 0
@@ -33,8 +37,14 @@ def run_eval(exp: Experiment, params: Any, batch_stats: Any = None) -> dict[str,
   for batch in batches:
     skipped += int(batch.pop("skipped"))
     sums = exp.eval_step(params, batch_stats, parallel.to_global_batch(batch, exp.mesh))
+    rows = sums.pop("rows")
     for key, value in jax.device_get(sums).items():
       totals[key] += float(value)  # float64 on the host: exact counts for any split size
+    if view_counts is not None:
+      # Replicated outputs: every process holds all rows of the global batch.
+      rows = {key: np.asarray(value.addressable_data(0)) for key, value in rows.items()}
+      counted = rows["mask"].astype(bool)
+      view_counts.add(rows["label"][counted].astype(np.int64), rows["ranked"][counted])
   count = totals["num_examples"]
   if count == 0:
     raise RuntimeError("The eval split produced no readable examples.")
@@ -69,14 +79,18 @@ def evaluate_checkpoint(exp: Experiment, workdir: str | pathlib.Path) -> dict[st
   checkpointer.close()
   logging.info("Restored step %d from %s onto %d device(s).", step, directory,
                jax.device_count())
-  metrics = run_eval(exp, state["params"], state["batch_stats"])
+  view_counts = None
+  if exp.config.eval_report:
+    from alexnet_jax import eval_report
+    view_counts = eval_report.ViewCounts.zeros(exp.config.model.num_classes)
+  metrics = run_eval(exp, state["params"], state["batch_stats"], view_counts)
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard=False)
   writer.write(step, {**metrics, "eval/checkpoint_step": step})
   writer.close()
   result = {"step": step, **metrics}
-  if exp.config.eval_report:
-    from alexnet_jax import eval_report
-    path = eval_report.write_report(exp, state["params"], workdir, step, state["batch_stats"])
+  if view_counts is not None:
+    path = eval_report.write_report(exp, state["params"], workdir, step, state["batch_stats"],
+                                    counted={bool(exp.config.data.ten_crop): view_counts})
     logging.info("Wrote %s.", path)
     result["eval_report"] = str(path)
   return result

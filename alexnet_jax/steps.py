@@ -104,11 +104,14 @@ def make_eval_step(model: nn.Module, mean, std, image_size: int) -> Callable:
     log_mean_probs = crop_averaged_log_probs(model, params, batch_stats, images)
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
     nll = -jnp.take_along_axis(log_mean_probs, labels[:, None], axis=-1)[:, 0]
+    _, ranked = jax.lax.top_k(log_mean_probs, min(5, log_mean_probs.shape[-1]))
     return {
         "loss": jnp.sum(nll * mask),
         "top1": jnp.sum(topk_correct(log_mean_probs, labels, 1) * mask),
         "top5": jnp.sum(topk_correct(log_mean_probs, labels, 5) * mask),
         "num_examples": jnp.sum(mask),
+        # Per row, for the eval report's per-class counts (evaluate.run_eval(view_counts=)).
+        "rows": {"ranked": ranked, "label": labels, "mask": batch["mask"]},
     }
 
   return eval_step

@@ -31,6 +31,12 @@ def _train_and_eval(data_dir, workdir, steps, *extra):
   printed = json.loads(evaluated.stdout.strip().splitlines()[-1])
   assert printed["eval/num_examples"] == 3
   assert printed["eval/loss"] == pytest.approx(final["eval/loss"], rel=1e-5)
+  # The report's view of the evaluated crops is counted in that same pass: it must agree.
+  report = json.loads((workdir / "eval_report.json").read_text())
+  view = report["views"]["ten_crop" if "--config.data.ten_crop=True" in extra else "center_crop"]
+  assert view["num_examples"] == 3
+  assert view["top1"] == pytest.approx(printed["eval/top1"], abs=1e-9)
+  assert view["top5"] == pytest.approx(printed["eval/top5"], abs=1e-9)
   return losses
 
 
