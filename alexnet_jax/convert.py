@@ -221,7 +221,7 @@ def read_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{path!r} holds a {type(loaded).__name__}, not a state_dict; "
                          "save it with torch.save(model.state_dict(), path).")
-    return {k.removeprefix("module."): v.detach().float().cpu().numpy()
+    return {_strip_wrapper_prefix(k): v.detach().float().cpu().numpy()
             for k, v in loaded.items() if hasattr(v, "detach")}
 
 
