@@ -34,6 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
   # where the source has crops); it costs one more pass per view over the eval split.
   c.eval_report = True
   c.eval_report_confusions = 20  # how many of the most confused (true, predicted) pairs
+  # Process settings for XLA:CPU, applied by the command line before JAX starts
+  # (alexnet_jax/cpu_runtime.py): glibc keeps freed memory instead of page-faulting each
+  # step's scratch buffer back in, and convolutions take XLA's Eigen path. Speed only.
+  c.cpu_runtime_tuning = True
 
   # Fine-tuning / transfer learning (docs/inference.md). Applied once, when a run starts with
   # no checkpoint of its own; a resumed run continues from its checkpoint.

@@ -73,6 +73,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   _quiet_library_info_logs()
+  from alexnet_jax import cpu_runtime
+
+  # Before anything starts a JAX backend: XLA reads its flags once, at that moment.
+  for line in cpu_runtime.configure(_CONFIG.value.get("cpu_runtime_tuning", True)):
+    logging.info("CPU runtime: %s", line)
   try:
     return run(_CONFIG.value, _WORKDIR.value, _MODE.value)
   except USER_ERRORS as e:

@@ -14,6 +14,7 @@ batch, and prints the ratio, both measured in this one run.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -30,6 +31,13 @@ _DTYPE = flags.DEFINE_string("dtype", None, "Override model.dtype (float32 | bfl
 _COMPARE_TORCH = flags.DEFINE_bool("compare_torch", False,
                                    "Also time benchmarks/torch_reference.py; print the ratio.")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Alternate JAX and torch measurements this often.")
+_CPU_RUNTIME_TUNING = flags.DEFINE_bool(
+    "cpu_runtime_tuning", True,
+    "Apply alexnet_jax.cpu_runtime as the trainer does (false: measure XLA:CPU untuned).")
+_TORCH_SAME_ALLOCATOR = flags.DEFINE_bool(
+    "torch_same_allocator", True,
+    "With --compare_torch, also time torch with glibc set to keep freed memory as the tuned "
+    "JAX process does (env MALLOC_*), and print that ratio too.")
 flags.mark_flag_as_required("config")
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -67,15 +75,26 @@ def measure_jax(config) -> dict:
   }
 
 
-def measure_torch(config) -> dict:
+# The environment form of what cpu_runtime.keep_freed_memory does with mallopt.
+GLIBC_KEEP_FREED_MEMORY = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+                           "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
+
+def measure_torch(config, keep_freed_memory: bool = False) -> dict:
   command = [sys.executable, str(HERE / "torch_reference.py"), f"--batch={config.batch_size}",
              f"--steps={_STEPS.value}", f"--image_size={config.model.image_size}"]
-  out = subprocess.run(command, capture_output=True, text=True, check=True)
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  env = dict(os.environ, **(GLIBC_KEEP_FREED_MEMORY if keep_freed_memory else {}))
+  out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  result["glibc_keeps_freed_memory"] = keep_freed_memory
+  return result
 
 
 def main(argv):
   del argv
+  from alexnet_jax import cpu_runtime
+
+  tuning = cpu_runtime.configure(_CPU_RUNTIME_TUNING.value)  # before JAX starts its backend
   config = _CONFIG.value
   config.batch_size = _BATCH.value
   config.eval_batch_size = _BATCH.value
@@ -85,15 +104,22 @@ def main(argv):
     config.model.dtype = _DTYPE.value
   for _ in range(_REPEATS.value):
     result = measure_jax(config)
+    result["cpu_runtime_tuning"] = tuning
     print(json.dumps(result), flush=True)
-    if _COMPARE_TORCH.value:
-      reference = measure_torch(config)
+    if not _COMPARE_TORCH.value:
+      continue
+    references = [(False, measure_torch(config))]
+    if _TORCH_SAME_ALLOCATOR.value:
+      references.append((True, measure_torch(config, keep_freed_memory=True)))
+    for same_allocator, reference in references:
       print(json.dumps(reference), flush=True)
-      print(json.dumps({"metric": "jax_over_torch_images_per_sec",
-                        "ratio": result["images_per_sec"] / reference["images_per_sec"],
-                        "batch": config.batch_size, "variant": config.model.variant,
-                        "group_impl": result["group_impl"], "dtype": config.model.dtype}),
-            flush=True)
+      print(json.dumps({
+          "metric": ("jax_over_torch_same_allocator_images_per_sec" if same_allocator
+                     else "jax_over_torch_images_per_sec"),
+          "ratio": result["images_per_sec"] / reference["images_per_sec"],
+          "batch": config.batch_size, "variant": config.model.variant,
+          "group_impl": result["group_impl"], "dtype": config.model.dtype,
+          "cpu_runtime_tuning": bool(tuning)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,93 @@
+"""Process settings that make XLA:CPU train faster; applied before JAX creates its backends.
+
+Two measured costs of XLA:CPU on Linux, both outside the model (docs/model.md, "CPU speed"):
+
+1. XLA:CPU allocates each step's scratch buffer anew (about 560 MB for the paper model at
+   batch 32) and frees it at the end of the step. glibc hands blocks that large back to the
+   kernel (mmap/munmap, and any block over 64 MB that an XLA worker thread frees), so every
+   step faults the whole buffer back in: about 150,000 page faults and 200 ms of kernel time
+   per step on a 2-core host. `keep_freed_memory` tells glibc to keep freed memory for reuse
+   (one malloc arena, no mmap, no trimming); the cost is that the process keeps its peak
+   host memory instead of returning it.
+2. XLA:CPU sends convolutions to YNNPACK by default. On this model its Eigen convolutions are
+   faster (weight and input gradients most), while YNNPACK's matmuls and elementwise kernels
+   are faster than the alternatives. `XLA_CPU_FLAGS` keeps YNNPACK for those only. The flag
+   is experimental in XLA, and an unknown XLA flag aborts the process, so it is only set on
+   the jaxlib versions it was measured on.
+
+Both only change speed, never values beyond float rounding. `configure()` is called by the
+command-line entry points before anything touches a JAX backend; `config.cpu_runtime_tuning =
+False` (or ALEXNET_JAX_CPU_RUNTIME_TUNING=0) leaves the process as it was.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+# jaxlib versions (major, minor) on which XLA_CPU_FLAGS were measured and exist.
+TUNED_JAXLIB_VERSIONS = ((0, 10),)
+XLA_CPU_FLAGS = (
+    "--xla_cpu_experimental_ynn_fusion_type="
+    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE",
+)
+OPT_OUT_ENV = "ALEXNET_JAX_CPU_RUNTIME_TUNING"
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_INT_MAX = 2**31 - 1
+
+
+def backends_started() -> bool:
+  """Whether JAX has created its backends (after which XLA flags are no longer read)."""
+  import sys
+  bridge = sys.modules.get("jax._src.xla_bridge")
+  return bool(bridge is not None and getattr(bridge, "_backends", None))
+
+
+def keep_freed_memory() -> bool:
+  """Make glibc keep freed memory for reuse instead of returning it. False off glibc."""
+  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    return False
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+  except OSError:
+    return False
+  # One arena: blocks freed by XLA's worker threads go back to the main heap, where the
+  # next step finds them (a thread arena maps anything over 64 MB afresh every time).
+  return all(libc.mallopt(param, value) == 1 for param, value in (
+      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX)))
+
+
+def _jaxlib_version() -> tuple[int, int] | None:
+  try:
+    from importlib import metadata
+    major, minor = metadata.version("jaxlib").split(".")[:2]
+    return int(major), int(minor)
+  except Exception:  # not installed the usual way: do not guess
+    return None
+
+
+def add_xla_cpu_flags(environ=os.environ) -> list[str]:
+  """Append XLA_CPU_FLAGS to XLA_FLAGS, except flags the user already set. Returns those added."""
+  if _jaxlib_version() not in TUNED_JAXLIB_VERSIONS:
+    return []
+  current = environ.get("XLA_FLAGS", "")
+  added = [flag for flag in XLA_CPU_FLAGS if flag.split("=")[0] not in current]
+  if added:
+    environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+  return added
+
+
+def configure(enabled: bool = True) -> list[str]:
+  """Apply both settings if enabled and not opted out. Returns a line per setting applied."""
+  if not enabled or os.environ.get(OPT_OUT_ENV, "1").lower() in ("0", "false", "no"):
+    return []
+  applied = []
+  if keep_freed_memory():
+    applied.append("glibc keeps freed memory (no per-step page faults)")
+  if backends_started():
+    return applied  # too late for XLA flags; they are read when the backend starts
+  applied += [f"XLA_FLAGS += {flag}" for flag in add_xla_cpu_flags()]
+  return applied

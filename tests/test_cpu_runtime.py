@@ -1,0 +1,92 @@
+"""The process settings of alexnet_jax.cpu_runtime: what they change, and that users keep control."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from alexnet_jax import cpu_runtime
+from helpers import REPO, device_env, run_main
+
+ON_GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+# A step-like loop: a fresh 160 MB result every iteration, as XLA:CPU's per-step scratch
+# buffer is. Prints the page faults per iteration once the heap has settled (the first
+# iterations grow it while freed blocks and small allocations find their places).
+_FAULTS_PER_ITERATION = textwrap.dedent("""
+    import resource, sys
+    from alexnet_jax import cpu_runtime
+    if sys.argv[1] == "tuned":
+      cpu_runtime.keep_freed_memory()
+    import jax, jax.numpy as jnp
+    double = jax.jit(lambda a: a * 2)
+    a = jnp.ones((40_000_000,), jnp.float32)
+    for _ in range(12):
+      double(a).block_until_ready()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+      double(a).block_until_ready()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+""")
+
+
+def _faults_per_iteration(mode: str) -> float:
+  out = subprocess.run([sys.executable, "-c", _FAULTS_PER_ITERATION, mode], env=device_env(1),
+                       capture_output=True, text=True, check=True, cwd=REPO)
+  return float(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not ON_GLIBC, reason="the allocator setting is for glibc")
+def test_keep_freed_memory_stops_per_step_page_faults():
+  pages = 40_000_000 * 4 / 4096
+  untuned, tuned = _faults_per_iteration("plain"), _faults_per_iteration("tuned")
+  assert untuned > 0.5 * pages  # the buffer is faulted back in every iteration...
+  assert tuned < 0.05 * pages  # ...unless glibc keeps it
+
+
+def test_xla_flags_are_appended_and_never_override_the_user(monkeypatch):
+  monkeypatch.setattr(cpu_runtime, "_jaxlib_version", lambda: cpu_runtime.TUNED_JAXLIB_VERSIONS[0])
+  environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  added = cpu_runtime.add_xla_cpu_flags(environ)
+  assert added == list(cpu_runtime.XLA_CPU_FLAGS)
+  assert environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=4", *added]
+
+  name = cpu_runtime.XLA_CPU_FLAGS[0].split("=")[0]
+  environ = {"XLA_FLAGS": f"{name}=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+  assert cpu_runtime.add_xla_cpu_flags(environ) == []
+  assert environ["XLA_FLAGS"] == f"{name}=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+
+
+def test_xla_flags_only_on_measured_jaxlib_versions(monkeypatch):
+  # An XLA flag the installed jaxlib does not know aborts the process: never guess.
+  for version in ((0, 4), (9, 0), None):
+    monkeypatch.setattr(cpu_runtime, "_jaxlib_version", lambda v=version: v)
+    environ = {}
+    assert cpu_runtime.add_xla_cpu_flags(environ) == []
+    assert environ == {}
+
+
+def test_configure_does_nothing_when_disabled(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert cpu_runtime.configure(False) == []
+  monkeypatch.setenv(cpu_runtime.OPT_OUT_ENV, "0")
+  assert cpu_runtime.configure(True) == []
+  assert "ynn" not in __import__("os").environ["XLA_FLAGS"]
+
+
+def test_main_applies_the_settings_before_jax_starts(tmp_path):
+  result = run_main("synthetic.py", tmp_path / "run", "--config.num_train_steps=1",
+                    "--config.eval_at_end=false", "--config.data.num_train_examples=32")
+  if ON_GLIBC:
+    assert "CPU runtime: glibc keeps freed memory" in result.stderr
+  if cpu_runtime._jaxlib_version() in cpu_runtime.TUNED_JAXLIB_VERSIONS:
+    assert "CPU runtime: XLA_FLAGS += --xla_cpu_experimental_ynn_fusion_type" in result.stderr
+
+  off = run_main("synthetic.py", tmp_path / "off", "--config.num_train_steps=1",
+                 "--config.eval_at_end=false", "--config.data.num_train_examples=32",
+                 "--config.cpu_runtime_tuning=false")
+  assert "CPU runtime" not in off.stderr
