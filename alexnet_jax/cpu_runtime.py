@@ -13,7 +13,7 @@ Two measured costs of XLA:CPU on Linux, both outside the model (docs/model.md, "
    faster (weight and input gradients most), while YNNPACK's matmuls and elementwise kernels
    are faster than the alternatives. `XLA_CPU_FLAGS` keeps YNNPACK for those only. The flag
    is experimental in XLA, and an unknown XLA flag aborts the process, so it is only set on
-   the jaxlib versions it was measured on.
+   the jaxlib versions and the processor family (x86-64) it was measured on.
 
 Both only change speed, never values beyond float rounding. `configure()` is called by the
 command-line entry points before anything touches a JAX backend; `config.cpu_runtime_tuning =
@@ -26,8 +26,9 @@ import ctypes
 import os
 import platform
 
-# jaxlib versions (major, minor) on which XLA_CPU_FLAGS were measured and exist.
+# jaxlib versions (major, minor) and processors on which XLA_CPU_FLAGS were measured.
 TUNED_JAXLIB_VERSIONS = ((0, 10),)
+TUNED_MACHINES = ("x86_64", "AMD64")
 XLA_CPU_FLAGS = (
     "--xla_cpu_experimental_ynn_fusion_type="
     "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE",
@@ -71,7 +72,7 @@ def _jaxlib_version() -> tuple[int, int] | None:
 
 def add_xla_cpu_flags(environ=os.environ) -> list[str]:
   """Append XLA_CPU_FLAGS to XLA_FLAGS, except flags the user already set. Returns those added."""
-  if _jaxlib_version() not in TUNED_JAXLIB_VERSIONS:
+  if _jaxlib_version() not in TUNED_JAXLIB_VERSIONS or platform.machine() not in TUNED_MACHINES:
     return []
   current = environ.get("XLA_FLAGS", "")
   added = [flag for flag in XLA_CPU_FLAGS if flag.split("=")[0] not in current]

@@ -48,8 +48,13 @@ def test_keep_freed_memory_stops_per_step_page_faults():
   assert tuned < 0.05 * pages  # ...unless glibc keeps it
 
 
-def test_xla_flags_are_appended_and_never_override_the_user(monkeypatch):
+def _pretend_measured_setup(monkeypatch):
   monkeypatch.setattr(cpu_runtime, "_jaxlib_version", lambda: cpu_runtime.TUNED_JAXLIB_VERSIONS[0])
+  monkeypatch.setattr(platform, "machine", lambda: cpu_runtime.TUNED_MACHINES[0])
+
+
+def test_xla_flags_are_appended_and_never_override_the_user(monkeypatch):
+  _pretend_measured_setup(monkeypatch)
   environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   added = cpu_runtime.add_xla_cpu_flags(environ)
   assert added == list(cpu_runtime.XLA_CPU_FLAGS)
@@ -61,13 +66,17 @@ def test_xla_flags_are_appended_and_never_override_the_user(monkeypatch):
   assert environ["XLA_FLAGS"] == f"{name}=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 
 
-def test_xla_flags_only_on_measured_jaxlib_versions(monkeypatch):
+def test_xla_flags_only_where_measured(monkeypatch):
   # An XLA flag the installed jaxlib does not know aborts the process: never guess.
+  _pretend_measured_setup(monkeypatch)
   for version in ((0, 4), (9, 0), None):
     monkeypatch.setattr(cpu_runtime, "_jaxlib_version", lambda v=version: v)
     environ = {}
     assert cpu_runtime.add_xla_cpu_flags(environ) == []
     assert environ == {}
+  _pretend_measured_setup(monkeypatch)
+  monkeypatch.setattr(platform, "machine", lambda: "arm64")  # Eigen vs YNNPACK not measured
+  assert cpu_runtime.add_xla_cpu_flags({}) == []
 
 
 def test_configure_does_nothing_when_disabled(monkeypatch):
@@ -83,7 +92,8 @@ def test_main_applies_the_settings_before_jax_starts(tmp_path):
                     "--config.eval_at_end=false", "--config.data.num_train_examples=32")
   if ON_GLIBC:
     assert "CPU runtime: glibc keeps freed memory" in result.stderr
-  if cpu_runtime._jaxlib_version() in cpu_runtime.TUNED_JAXLIB_VERSIONS:
+  if (cpu_runtime._jaxlib_version() in cpu_runtime.TUNED_JAXLIB_VERSIONS
+      and platform.machine() in cpu_runtime.TUNED_MACHINES):
     assert "CPU runtime: XLA_FLAGS += --xla_cpu_experimental_ynn_fusion_type" in result.stderr
 
   off = run_main("synthetic.py", tmp_path / "off", "--config.num_train_steps=1",
