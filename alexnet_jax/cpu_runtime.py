@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import sys
 
 # jaxlib versions (major, minor) and processors on which XLA_CPU_FLAGS were measured.
 TUNED_JAXLIB_VERSIONS = ((0, 10),)
@@ -42,7 +43,6 @@ _INT_MAX = 2**31 - 1
 
 def backends_started() -> bool:
   """Whether JAX has created its backends (after which XLA flags are no longer read)."""
-  import sys
   bridge = sys.modules.get("jax._src.xla_bridge")
   return bool(bridge is not None and getattr(bridge, "_backends", None))
 
