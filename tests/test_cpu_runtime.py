@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -84,7 +85,7 @@ def test_configure_does_nothing_when_disabled(monkeypatch):
   assert cpu_runtime.configure(False) == []
   monkeypatch.setenv(cpu_runtime.OPT_OUT_ENV, "0")
   assert cpu_runtime.configure(True) == []
-  assert "ynn" not in __import__("os").environ["XLA_FLAGS"]
+  assert "ynn" not in os.environ["XLA_FLAGS"]
 
 
 def test_main_applies_the_settings_before_jax_starts(tmp_path):
