@@ -1,6 +1,7 @@
 """Process settings that make XLA:CPU train faster; applied before JAX creates its backends.
 
-Two measured costs of XLA:CPU on Linux, both outside the model (docs/model.md, "CPU speed"):
+Two measured costs of XLA:CPU on Linux, both outside the model (docs/model.md, "Process
+settings"):
 
 1. XLA:CPU allocates each step's scratch buffer anew (about 560 MB for the paper model at
    batch 32) and frees it at the end of the step. glibc hands blocks that large back to the
@@ -36,9 +37,15 @@ XLA_CPU_FLAGS = (
 )
 OPT_OUT_ENV = "ALEXNET_JAX_CPU_RUNTIME_TUNING"
 
-# glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-_INT_MAX = 2**31 - 1
+# What keep_freed_memory sets: (mallopt parameter from malloc.h, the environment variable glibc
+# reads for it at start-up, value). One arena: blocks freed by XLA's worker threads go back to
+# the main heap, where the next step finds them (a thread arena maps anything over 64 MB
+# afresh every time); no mmap; no trimming (mallopt takes an int, hence 2**31 - 1).
+GLIBC_KEEP_FREED_MEMORY = (
+    (-8, "MALLOC_ARENA_MAX", 1),  # M_ARENA_MAX
+    (-4, "MALLOC_MMAP_MAX_", 0),  # M_MMAP_MAX
+    (-1, "MALLOC_TRIM_THRESHOLD_", 2**31 - 1),  # M_TRIM_THRESHOLD
+)
 
 
 def backends_started() -> bool:
@@ -47,18 +54,24 @@ def backends_started() -> bool:
   return bool(bridge is not None and getattr(bridge, "_backends", None))
 
 
+def on_glibc() -> bool:
+  return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory() -> bool:
   """Make glibc keep freed memory for reuse instead of returning it. False off glibc."""
-  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+  if not on_glibc():
     return False
   try:
     libc = ctypes.CDLL("libc.so.6")
   except OSError:
     return False
-  # One arena: blocks freed by XLA's worker threads go back to the main heap, where the
-  # next step finds them (a thread arena maps anything over 64 MB afresh every time).
-  return all(libc.mallopt(param, value) == 1 for param, value in (
-      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX)))
+  return all(libc.mallopt(param, value) == 1 for param, _, value in GLIBC_KEEP_FREED_MEMORY)
+
+
+def keep_freed_memory_env() -> dict[str, str]:
+  """The same settings as environment variables, for a process started from here."""
+  return {name: str(value) for _, name, value in GLIBC_KEEP_FREED_MEMORY}
 
 
 def _jaxlib_version() -> tuple[int, int] | None:

@@ -78,15 +78,13 @@ def measure_jax(config) -> dict:
   }
 
 
-# The environment form of what cpu_runtime.keep_freed_memory does with mallopt.
-GLIBC_KEEP_FREED_MEMORY = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
-                           "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
-
-
 def measure_torch(config, keep_freed_memory: bool = False) -> dict:
+  from alexnet_jax import cpu_runtime
+
   command = [sys.executable, str(HERE / "torch_reference.py"), f"--batch={config.batch_size}",
              f"--steps={_STEPS.value}", f"--image_size={config.model.image_size}"]
-  env = dict(os.environ, **(GLIBC_KEEP_FREED_MEMORY if keep_freed_memory else {}))
+  # The environment form of the mallopt calls the tuned JAX process made.
+  env = dict(os.environ, **(cpu_runtime.keep_freed_memory_env() if keep_freed_memory else {}))
   out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
   result = json.loads(out.stdout.strip().splitlines()[-1])
   result["glibc_keeps_freed_memory"] = keep_freed_memory

@@ -13,7 +13,7 @@ import pytest
 from alexnet_jax import cpu_runtime
 from helpers import REPO, device_env, run_main
 
-ON_GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+ON_GLIBC = cpu_runtime.on_glibc()
 
 # A step-like loop: a fresh 160 MB result every iteration, as XLA:CPU's per-step scratch
 # buffer is. Prints the page faults per iteration once the heap has settled (the first
