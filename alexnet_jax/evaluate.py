@@ -1,50 +1,73 @@
-"""Exact evaluation: every example of the split counted once, on any device/process count.
+"""One evaluation pass, and `--mode=eval`.
 
-`run_eval` walks the eval split (padded, masked global batches) and returns the `eval/*`
-metrics. `evaluate_checkpoint` is `--mode=eval`: restore a checkpoint of this workdir onto the
-devices at hand, evaluate it, and (config.eval_report) write DIR/eval_report.json
-(eval_report.py: per-class accuracy, confused pairs, centre and 10-crop views).
+`run_eval` walks the eval split once (padded, masked global batches: every example counted
+exactly once on any device and process count) and returns the `eval/*` metrics; given a
+`report.ViewCounts` it also counts every row's top-5 for the report, in the same pass.
+`evaluate_checkpoint` is `--mode=eval`: restore a checkpoint of the workdir onto the devices at
+hand, evaluate it, and (config.eval_report) write the report (report.py).
 """
 
 from __future__ import annotations
 
 import pathlib
+import sys
 import time
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
-from alexnet_jax import checkpoint as ckpt_lib, parallel
-from alexnet_jax.data import pipeline
+from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax.experiment import Experiment
 from alexnet_jax.metrics_writer import MetricWriter
 
+# A progress bar appears when a pass takes longer than this (seconds).
+PROGRESS_DELAY_S = 5.0
+PROGRESS_LOG_S = 30.0
 
-def run_eval(exp: Experiment, params: Any, batch_stats: Any = None,
-             view_counts: Any = None) -> dict[str, float]:
-  """`batch_stats`: the train state's (alexnet_bn's running BN statistics); None for none.
-  `view_counts` (an eval_report.ViewCounts), if given, also gets every counted row's top-5,
-  so the report needs no second pass over the split."""
+
+def run_eval(exp: Experiment, params: Any, batch_stats: Any = None, *,
+             ten_crop: bool | None = None, view_counts: Any = None) -> dict[str, float]:
+  """Metrics {'eval/loss', 'eval/top1', 'eval/top5', 'eval/num_examples', 'eval/skipped',
+  'eval/seconds'} of `params` (and alexnet_bn's running `batch_stats`; None for none) on the
+  eval split. ten_crop: the view (None: `data.ten_crop`). view_counts: a report.ViewCounts
+  that also receives every counted row's top-5. Loss and accuracies are float64 host sums
+  divided by the count, exact for any split size. Raises RuntimeError if nothing was readable.
+  """
   batch_stats = {} if batch_stats is None else batch_stats
   totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "num_examples": 0.0}
-  skipped = 0
   start = time.time()
-  data = exp.config.data
-  batches = pipeline.to_iterator(exp.datasets.eval, num_workers=data.num_workers,
-                                 prefetch_batches=data.prefetch_batches)
-  for batch in batches:
-    skipped += int(batch.pop("skipped"))
-    sums = exp.eval_step(params, batch_stats, parallel.to_global_batch(batch, exp.mesh))
-    rows = sums.pop("rows")
-    for key, value in jax.device_get(sums).items():
-      totals[key] += float(value)  # float64 on the host: exact counts for any split size
-    if view_counts is not None:
-      # Replicated outputs: every process holds all rows of the global batch.
-      rows = {key: np.asarray(value.addressable_data(0)) for key, value in rows.items()}
-      counted = rows["mask"].astype(bool)
-      view_counts.add(rows["label"][counted].astype(np.int64), rows["ranked"][counted])
+  batches = exp.eval_batches(ten_crop)
+  num_batches = len(batches)
+  if jax.process_index() == 0:
+    logging.info("Evaluating %d images (%d batches of %d)...", exp.eval_split.num_examples,
+                 num_batches, batches.batch_size)
+  chief = jax.process_index() == 0
+  # A bar on a terminal; in a log file (no terminal) a line every PROGRESS_LOG_S instead.
+  on_terminal = sys.stderr.isatty()
+  progress = tqdm(total=num_batches, desc="eval", unit="batch", delay=PROGRESS_DELAY_S,
+                  disable=not (chief and on_terminal), leave=False)
+  last_line = time.time()
+  try:
+    for batch in batches:
+      sums = exp.eval_step(params, batch_stats, batch)
+      rows = sums.pop("rows")
+      for key, value in jax.device_get(sums).items():
+        totals[key] += float(value)
+      if view_counts is not None:
+        # Replicated outputs: every process holds all rows of the global batch.
+        rows = {key: np.asarray(value.addressable_data(0)) for key, value in rows.items()}
+        counted = rows["mask"].astype(bool)
+        view_counts.add(rows["label"][counted].astype(np.int64), rows["ranked"][counted])
+      progress.update(1)
+      if chief and not on_terminal and time.time() - last_line > PROGRESS_LOG_S:
+        last_line = time.time()
+        logging.info("eval: %d/%d batches", progress.n, num_batches)
+  finally:
+    progress.close()
+    batches.close()
   count = totals["num_examples"]
   if count == 0:
     raise RuntimeError("The eval split produced no readable examples.")
@@ -53,44 +76,54 @@ def run_eval(exp: Experiment, params: Any, batch_stats: Any = None,
       "eval/top1": totals["top1"] / count,
       "eval/top5": totals["top5"] / count,
       "eval/num_examples": int(round(count)),
-      "eval/skipped": skipped,
+      "eval/skipped": _global_sum(batches.skipped),
       "eval/seconds": time.time() - start,
   }
 
 
-def evaluate_checkpoint(exp: Experiment, workdir: str | pathlib.Path) -> dict[str, float]:
-  """Restores `eval_checkpoint_step` (or the latest) from workdir and evaluates it."""
-  directory = pathlib.Path(workdir) / "checkpoints"
-  if not directory.is_dir():
-    raise FileNotFoundError(f"No checkpoints in {directory}: train first with the same "
-                            "--workdir, or point --workdir at a run that has them.")
+def _global_sum(value: int) -> int:
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils
+  return int(multihost_utils.process_allgather(np.int64(value)).sum())
+
+
+def evaluate_checkpoint(exp: Experiment, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """`--mode=eval`: restores `eval_checkpoint_step` (-1: the latest) of `workdir` onto this
+  machine's devices, evaluates it, appends the metrics to metrics.jsonl and (eval_report)
+  writes eval_report_<step>.json. Raises UserError when there is no such checkpoint or it was
+  written by another model."""
+  from alexnet_jax import report
+
+  workdir = pathlib.Path(workdir)
+  wanted = exp.config.eval_checkpoint_step
+  directory, step = ckpt_lib.resolve(workdir, None if wanted < 0 else wanted)
   checkpointer = ckpt_lib.Checkpointer(directory, keep=1, read_only=True)
-  step = exp.config.eval_checkpoint_step
-  available = checkpointer.all_steps()
-  if step < 0:
-    step = checkpointer.latest_step()
-  if step is None or step not in available:
-    raise FileNotFoundError(
-        f"Checkpoint step {step} is not in {directory}; available steps: {available or 'none'}.")
-  ckpt_lib.check_compatible(checkpointer.read_meta(step), exp.config.model.to_dict(),
-                            str(directory))
-  abstract = ckpt_lib.abstract_like(exp.abstract_state, exp.state_shardings)
-  state = checkpointer.restore(step, abstract)
-  checkpointer.close()
+  try:
+    ckpt_lib.check_compatible(checkpointer.read_meta(step), exp.config.model.to_dict(),
+                              str(directory))
+    abstract = ckpt_lib.abstract_like(exp.abstract_state, exp.state_shardings)
+    state = checkpointer.restore(step, abstract)
+  finally:
+    checkpointer.close()
   logging.info("Restored step %d from %s onto %d device(s).", step, directory,
                jax.device_count())
-  view_counts = None
+  params, batch_stats = state["params"], state["batch_stats"]
+  default_view = bool(exp.config.data.ten_crop)
+  counted = {}
   if exp.config.eval_report:
-    from alexnet_jax import eval_report
-    view_counts = eval_report.ViewCounts.zeros(exp.config.model.num_classes)
-  metrics = run_eval(exp, state["params"], state["batch_stats"], view_counts)
+    counted[default_view] = report.ViewCounts.zeros(exp.config.model.num_classes)
+  metrics = run_eval(exp, params, batch_stats, view_counts=counted.get(default_view))
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard=False)
   writer.write(step, {**metrics, "eval/checkpoint_step": step})
   writer.close()
   result = {"step": step, **metrics}
-  if view_counts is not None:
-    path = eval_report.write_report(exp, state["params"], workdir, step, state["batch_stats"],
-                                    counted={bool(exp.config.data.ten_crop): view_counts})
+  if exp.config.eval_report:
+    if exp.info.has_crops:  # the other view of the report, one more pass
+      other = not default_view
+      counted[other] = report.ViewCounts.zeros(exp.config.model.num_classes)
+      run_eval(exp, params, batch_stats, ten_crop=other, view_counts=counted[other])
+    path = report.write_report(exp.config, exp.info, workdir, step, counted)
     logging.info("Wrote %s.", path)
     result["eval_report"] = str(path)
   return result

@@ -1,6 +1,8 @@
-"""Everything a run is made of, built once from the config: mesh, data, model, optimizer,
-schedule, and the jitted steps with their shardings. train.py and evaluate.py both start here.
+"""Everything a run is made of, built once from the config: mesh, model and its kernels,
+optimizer, schedule, abstract train state, and the jitted steps with their shardings.
 
+Data is built per mode and on demand: training opens the train and eval splits, `--mode=eval`
+only the eval split (a data directory holding only the validation images is enough).
 Config mistakes a user can make are caught here, each with one sentence naming the field.
 """
 
@@ -12,25 +14,42 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh
 
 from alexnet_jax import data as data_lib
-from alexnet_jax import finetune, models, optim, parallel, state as state_lib, steps
+from alexnet_jax import models, optim, sharding, state as state_lib, steps
+from alexnet_jax.errors import UserError
+from alexnet_jax.transfer import finetune
 
-CHECKPOINT_FORMAT = 1
+# Version of the checkpoint layout (meta["format"]). 2: the data position is the step (no
+# Grain iterator state is needed to resume); 1 checkpoints restore the same way.
+CHECKPOINT_FORMAT = 2
+MODES = ("train", "eval")
 
 
 @dataclasses.dataclass
 class Experiment:
+  """A run's parts. Train-only fields (train_split, steps_per_epoch, total_steps,
+  eval_every_steps, lr_schedule) are None in eval mode.
+
+  train_step: (state, batch) -> (state, metrics), batch from `train_batches`.
+  eval_step: (params, batch_stats, batch) -> sums over the masked rows (steps.make_eval_step).
+  input_shape: (1, image_size, image_size, in_channels), what the model is initialized with.
+  """
   config: Any
+  mode: str
   mesh: Mesh
-  datasets: data_lib.Datasets
+  info: data_lib.DataInfo
+  eval_split: data_lib.Split
+  train_split: data_lib.Split | None
   model: Any
+  kernels: Any  # models.KernelChoice: the layer forms chosen for this backend
   tx: Any
-  lr_schedule: Callable
-  steps_per_epoch: int
-  total_steps: int
-  eval_every_steps: int
+  lr_schedule: Callable | None
+  steps_per_epoch: int | None
+  total_steps: int | None
+  eval_every_steps: int | None
   input_shape: tuple[int, ...]
   abstract_state: Any
   state_shardings: Any
@@ -38,7 +57,7 @@ class Experiment:
   eval_step: Callable
 
   def checkpoint_meta(self) -> dict[str, Any]:
-    """What a checkpoint records about the model and the inputs it expects."""
+    """What a checkpoint records about the model and the inputs it expects (JSON)."""
     c = self.config
     return {
         "format": CHECKPOINT_FORMAT,
@@ -46,53 +65,83 @@ class Experiment:
         "preprocessing": {"source": c.data.source, "mean": list(c.data.mean),
                           "std": list(c.data.std), "image_size": c.model.image_size,
                           "resize_size": c.data.resize_size},
-        "class_names": list(self.datasets.info.class_names or []),
+        "class_names": list(self.info.class_names or []),
     }
 
   def epoch_of(self, step: int) -> float:
     return step / self.steps_per_epoch
 
+  def train_batches(self, start_step: int = 0):
+    """Global device batches of the training stream from `start_step` (data/device.py)."""
+    return data_lib.train_batches(self.config, self.mesh, start_step=start_step,
+                                  split=self.train_split)
+
+  def eval_batches(self, ten_crop: bool | None = None):
+    """One exact pass over the eval split; ten_crop None: `data.ten_crop`."""
+    split = self.eval_split
+    if ten_crop is not None and ten_crop != bool(self.config.data.ten_crop):
+      split = data_lib.open_split(self.config, "eval", ten_crop=ten_crop)
+    return data_lib.eval_batches(self.config, self.mesh, split=split)
+
 
 def _check_config(config: Any, info: data_lib.DataInfo, mesh: Mesh) -> None:
-  parallel.check_batch_size("batch_size", config.batch_size, mesh)
-  parallel.check_batch_size("eval_batch_size", config.eval_batch_size, mesh)
+  sharding.check_batch_size("batch_size", config.batch_size, mesh)
+  sharding.check_batch_size("eval_batch_size", config.eval_batch_size, mesh)
   if config.model.in_channels != info.channels:
-    raise ValueError(f"model.in_channels={config.model.in_channels} but data.source="
-                     f"{config.data.source!r} gives {info.channels}-channel images.")
+    raise UserError(f"model.in_channels={config.model.in_channels} but data.source="
+                    f"{config.data.source!r} gives {info.channels}-channel images.")
   if config.model.num_classes != info.num_classes:
-    raise ValueError(f"model.num_classes={config.model.num_classes} but data.source="
-                     f"{config.data.source!r} has {info.num_classes} classes.")
+    raise UserError(f"model.num_classes={config.model.num_classes} but data.source="
+                    f"{config.data.source!r} has {info.num_classes} classes.")
   for field in ("mean", "std"):
     values = tuple(config.data[field])
     if len(values) not in (1, info.channels):
-      raise ValueError(f"data.{field} has {len(values)} values; give 1 or {info.channels} "
-                       "(one per channel).")
+      raise UserError(f"data.{field} has {len(values)} values; give 1 or {info.channels} "
+                      "(one per channel).")
   if any(s <= 0 for s in config.data.std):
-    raise ValueError("data.std must be positive.")
+    raise UserError("data.std must be positive.")
   for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     if config[field] <= 0:
-      raise ValueError(f"{field}={config[field]} must be positive.")
+      raise UserError(f"{field}={config[field]} must be positive.")
+  for field in ("prefetch_batches", "device_prefetch", "num_workers"):
+    if config.data[field] < 0:
+      raise UserError(f"data.{field}={config.data[field]} must be 0 or more.")
   finetune.check_config(config)
 
 
-def build(config: Any) -> Experiment:
+def build(config: Any, mode: str = "train") -> Experiment:
+  """The run of `config` in `mode` ('train' or 'eval'). Raises UserError for config mistakes
+  and missing data (naming the field or directory)."""
+  if mode not in MODES:
+    raise UserError(f"--mode={mode!r} is not one of {MODES}.")
   # config.parallel: data parallelism, the two towers on two devices, FSDP (docs/parallel.md).
-  parallel.check_parallel_config(config.parallel.model, jax.device_count(),
+  sharding.check_parallel_config(config.parallel.model, jax.device_count(),
                                  config.model.variant)
-  mesh = parallel.make_mesh(model_parallel=config.parallel.model)
-  datasets = data_lib.create_datasets(config, jax.process_index(), jax.process_count())
-  info = datasets.info
+  mesh = sharding.make_mesh(model_parallel=config.parallel.model)
+  eval_split = data_lib.open_split(config, "eval")
+  train_split = data_lib.open_split(config, "train") if mode == "train" else None
+  info = eval_split.info
   _check_config(config, info, mesh)
-  model = models.create_model(**config.model.to_dict(), **parallel.model_axes(mesh, config))
+  kernels = models.resolve_kernels(config.model.kernels, config.model.group_impl,
+                                   jax.default_backend())
+  logging.info("Layer forms on %s: %s", jax.default_backend(), kernels.describe())
+  model_config = dict(config.model.to_dict(), kernels=kernels.kernels,
+                      group_impl=kernels.group_impl)
+  model = models.create_model(**model_config, **sharding.model_axes(mesh, config))
   tx = optim.make_optimizer(config)
 
-  steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
-  if config.num_train_steps > 0:
-    total_steps = int(config.num_train_steps)
-  else:
-    total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
-  eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
-  lr_schedule = optim.make_schedule(config, steps_per_epoch, total_steps)
+  steps_per_epoch = total_steps = eval_every = lr_schedule = None
+  if train_split is not None:
+    if train_split.num_examples < config.batch_size:
+      raise UserError(f"The training split has {train_split.num_examples} examples, fewer "
+                      f"than one batch (batch_size={config.batch_size}).")
+    steps_per_epoch = max(1, train_split.num_examples // config.batch_size)
+    if config.num_train_steps > 0:
+      total_steps = int(config.num_train_steps)
+    else:
+      total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
+    eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+    lr_schedule = optim.make_schedule(config, steps_per_epoch, total_steps)
 
   size, channels = config.model.image_size, config.model.in_channels
   input_shape = (1, size, size, channels)
@@ -100,18 +149,21 @@ def build(config: Any) -> Experiment:
   mean = np.asarray(config.data.mean, np.float32)
   std = np.asarray(config.data.std, np.float32)
 
-  batch_sharding = parallel.batch_sharding(mesh)
-  replicated = parallel.replicated(mesh)
-  # Traced under the mesh, so the model can place its towers on the 'model' axis.
-  train_step = jax.jit(
-      parallel.with_mesh(steps.make_train_step(model, tx, lr_schedule, mean, std, size), mesh),
-      in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
-      donate_argnums=(0,))
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+  train_step = None
+  if lr_schedule is not None:
+    # Traced under the mesh, so the model can place its towers on the 'model' axis.
+    train_step = jax.jit(
+        sharding.with_mesh(steps.make_train_step(model, tx, lr_schedule, mean, std, size), mesh),
+        in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
+        donate_argnums=(0,))
   eval_step = jax.jit(
-      parallel.with_mesh(steps.make_eval_step(model, mean, std, size), mesh),
+      sharding.with_mesh(steps.make_eval_step(model, mean, std, size), mesh),
       in_shardings=(shardings["params"], shardings["batch_stats"], batch_sharding),
       out_shardings=replicated)
-  return Experiment(config=config, mesh=mesh, datasets=datasets, model=model, tx=tx,
+  return Experiment(config=config, mode=mode, mesh=mesh, info=info, eval_split=eval_split,
+                    train_split=train_split, model=model, kernels=kernels, tx=tx,
                     lr_schedule=lr_schedule, steps_per_epoch=steps_per_epoch,
                     total_steps=total_steps, eval_every_steps=eval_every,
                     input_shape=input_shape, abstract_state=abstract_state,

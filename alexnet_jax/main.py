@@ -3,16 +3,23 @@
   python -m alexnet_jax.main --config=configs/quickstart.py --workdir=DIR            # train/resume
   python -m alexnet_jax.main --config=configs/quickstart.py --workdir=DIR --mode=eval
   ... --config.batch_size=256 --config.model.dtype=bfloat16                         # overrides
+
+The user-error policy lives here: an `errors.UserError` (a mistake the user can fix) prints one
+sentence and exits 1 (2 for a wrong command line); anything else is an internal error and keeps
+its traceback.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from alexnet_jax.errors import UsageError, UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py); fields overridable as --config.field=value.",
@@ -31,31 +38,46 @@ _TRACEBACK = flags.DEFINE_bool("traceback", False,
                                "Show the full traceback of configuration and data errors.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Errors a user can cause (bad config value, missing data, foreign checkpoint): each carries
-# one sentence saying what and where; a library traceback would bury it.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError)
+REPORT_BUG = ("This is an internal error of alexnet_jax (or a library under it), not a "
+              "mistake in your input: please report it with the traceback above and the command "
+              "you ran.")
 
 
-def _quiet_library_info_logs() -> None:
-  """Orbax and Grain log every save and read at INFO; keep their warnings, drop the chatter."""
-  import logging as std_logging
+def _usage_sentence(error: BaseException) -> str:
+  """One sentence for a command line that could not be parsed."""
+  text = str(error)
+  suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text.replace("\\", ""))
+  if suggestion:
+    return (f"--config.{suggestion.group(2)} is not a config field; did you mean "
+            f"--config.{suggestion.group(1)}? (every field: alexnet_jax/config_base.py)")
+  missing = re.search(r"Attempted \[[^\]]*\]:\s*(\S+)\s*\n\s*\[Errno 2\]", text)
+  if missing or "Failed loading config file" in text:
+    path = missing.group(1) if missing else "the --config file"
+    return f"--config={path} does not exist: name a config file such as configs/quickstart.py."
+  return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
-  class _Filter(std_logging.Filter):
-    def filter(self, record):
-      noisy = any(part in record.pathname for part in ("/orbax/", "/grain/", "/jax/_src/"))
-      return record.levelno >= std_logging.WARNING or not noisy
 
-  # On the handler, so it also catches libraries that log through their own Python loggers.
-  logging.get_absl_handler().addFilter(_Filter())
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with one sentence and exit status 2 for a wrong command line (instead of
+  a library traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {_usage_sentence(e)}\nPass --help for the flags.", file=sys.stderr)
+    sys.exit(2)
 
 
 def run(config, workdir: str, mode: str) -> int:
+  """Builds the experiment and trains or evaluates; returns the exit status."""
   import jax  # after absl parsed the flags, so JAX picks up its own flags and env
 
-  from alexnet_jax import distributed, evaluate, experiment, train
+  from alexnet_jax import evaluate, experiment, train
+  from alexnet_jax.runtime import compilation_cache, distributed
 
   distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  exp = experiment.build(config)
+  cache = compilation_cache.enable(config.get("compilation_cache_dir", ""))
+  logging.info("Compilation cache: %s", cache or "off")
+  exp = experiment.build(config, mode)
   if mode == "eval":
     metrics = evaluate.evaluate_checkpoint(exp, workdir)
     if jax.process_index() == 0:
@@ -72,20 +94,30 @@ def run(config, workdir: str, mode: str) -> int:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  _quiet_library_info_logs()
-  from alexnet_jax import cpu_runtime
+  from alexnet_jax.runtime import cpu_runtime, logs
 
+  logs.quiet_library_logs()
+  config = _CONFIG.value
   # Before anything starts a JAX backend: XLA reads its flags once, at that moment.
-  for line in cpu_runtime.configure(_CONFIG.value.get("cpu_runtime_tuning", True)):
+  for line in cpu_runtime.configure(config.get("cpu_runtime_tuning", True),
+                                    config.get("cpu_eigen_convolutions", False)):
     logging.info("CPU runtime: %s", line)
   try:
-    return run(_CONFIG.value, _WORKDIR.value, _MODE.value)
-  except USER_ERRORS as e:
+    return run(config, _WORKDIR.value, _MODE.value)
+  except UserError as e:
     if _TRACEBACK.value:
       traceback.print_exc()
     print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2 if isinstance(e, UsageError) else 1
+  except KeyboardInterrupt:
+    print("error: interrupted (second Ctrl-C); the last checkpoint written is kept.",
+          file=sys.stderr, flush=True)
+    return 130
+  except Exception:
+    traceback.print_exc()
+    print(f"error: {REPORT_BUG}", file=sys.stderr, flush=True)
     return 1
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from alexnet_jax.errors import UserError
+
 SCHEDULES = ("constant", "step", "plateau", "cosine", "poly")
 OPTIMIZERS = ("sgd", "adamw", "lars")
 
@@ -42,7 +44,7 @@ def compile_pattern(field: str, pattern: str) -> re.Pattern:
   try:
     return re.compile(pattern)
   except re.error as e:
-    raise ValueError(f"{field}={pattern!r} is not a valid regular expression: {e}.") from e
+    raise UserError(f"{field}={pattern!r} is not a valid regular expression: {e}.") from e
 
 
 def freeze_labels(pattern: str) -> Callable[[Any], Any]:
@@ -53,7 +55,7 @@ def freeze_labels(pattern: str) -> Callable[[Any], Any]:
     paths = param_paths(params)
     names = jax.tree.leaves(paths)
     if not any(regex.search(n) for n in names):
-      raise ValueError(f"freeze={pattern!r} matches no parameter; names look like "
+      raise UserError(f"freeze={pattern!r} matches no parameter; names look like "
                        f"{', '.join(names[:4])}, ...")
     return jax.tree.map(lambda n: "frozen" if regex.search(n) else "trainable", paths)
   return labels
@@ -115,7 +117,7 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
     return optax.inject_hyperparams(adamw, static_args=("decay_biases", "freeze"))(
         learning_rate=opt.learning_rate, b1=opt.b1, b2=opt.b2,
         weight_decay=opt.weight_decay, decay_biases=opt.decay_biases, freeze=freeze)
-  raise ValueError(f"optimizer.name={opt.name!r} is not one of "
+  raise UserError(f"optimizer.name={opt.name!r} is not one of "
                    f"{', '.join(map(repr, OPTIMIZERS))}.")
 
 
@@ -142,7 +144,7 @@ def make_schedule(config: Any, steps_per_epoch: int, total_steps: int) -> Callab
                                      max(1, total_steps - warmup))
     main = lambda step: poly(jnp.maximum(step - warmup, 0))
   else:
-    raise ValueError(f"schedule.name={sched.name!r} is not one of "
+    raise UserError(f"schedule.name={sched.name!r} is not one of "
                      f"{', '.join(map(repr, SCHEDULES))}.")
   if warmup <= 0:
     return main

@@ -25,6 +25,11 @@ from alexnet_jax import models
 
 def device_preprocess(images: jax.Array, mean: jax.Array, std: jax.Array,
                       image_size: int) -> jax.Array:
+  """uint8 images (..., H, W, C) -> float32 (..., image_size, image_size, C) model inputs.
+
+  mean, std: float32 (C,) or (1,), in 0-255 units. Resizes bilinearly (as torchvision's
+  Resize) only when H, W differ from image_size (Fashion-MNIST's 28x28 for d2l's 224).
+  """
   x = images.astype(jnp.float32)
   if x.shape[-3:-1] != (image_size, image_size):
     # Bilinear, as torchvision's Resize upsamples (d2l's Fashion-MNIST recipe).
@@ -33,6 +38,8 @@ def device_preprocess(images: jax.Array, mean: jax.Array, std: jax.Array,
 
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """float32 (B,): 1.0 where labels (int32, (B,)) is among the k largest of logits (B, classes)
+  (k is capped at the class count)."""
   k = min(k, logits.shape[-1])
   _, top = jax.lax.top_k(logits, k)
   return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
@@ -40,8 +47,13 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     lr_schedule: Callable, mean, std, image_size: int) -> Callable:
-  """(state, batch) -> (state, metrics). Trace it under `parallel.mesh_context(mesh)` (as
-  experiment.build does) for the model-parallel layout to take effect."""
+  """(state, batch) -> (state, metrics).
+
+  batch: {'image': uint8 (B, H, W, C), 'label': int32 (B,)}, global, sharded over 'data'.
+  metrics: float32 scalars 'loss' (mean cross-entropy), 'grad_norm' (global L2 norm of the
+  gradient), 'top1', 'top5' (batch accuracies), 'lr'. Trace it under
+  `sharding.mesh_context(mesh)` (as experiment.build does) for the model-parallel layout.
+  """
   mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
   def train_step(state: dict[str, Any], batch: dict[str, jax.Array]):
@@ -68,6 +80,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     params = optax.apply_updates(state["params"], updates)
     metrics = {
         "loss": loss,
+        # The divergence check reads it: a NaN/inf gradient would make the next params NaN.
+        "grad_norm": optax.global_norm(grads),
         "top1": topk_correct(logits, labels, 1).mean(),
         "top5": topk_correct(logits, labels, 5).mean(),
         "lr": lr,

@@ -1,118 +1,114 @@
-"""The training loop: resume, step, log, evaluate, checkpoint, stop cleanly on a signal."""
+"""The training loop: init or resume, step, and the periodic actions of hooks.py.
+
+One step: the next global batch (already on the devices, data/device.py) -> the jitted train
+step -> its metrics stay on the device until a log line or a save reads them. The data order
+is a function of (seed, step): a resumed run, whatever its worker or process count, sees the
+batches the interrupted one would have seen.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import json
+import os
 import pathlib
+import re
 import signal
 import time
 from typing import Any
 
+import filelock
 import jax
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
-from alexnet_jax import (checkpoint as ckpt_lib, evaluate, finetune, interpret, optim, parallel,
-                         state as state_lib)
-from alexnet_jax.data import pipeline
+from alexnet_jax import checkpoint as ckpt_lib, evaluate, hooks, sharding, state as state_lib
+from alexnet_jax.errors import UserError
 from alexnet_jax.experiment import Experiment
 from alexnet_jax.metrics_writer import MetricWriter
+from alexnet_jax.transfer import finetune
 
-# Past this many records read, more than data.max_skip_fraction unreadable ones stops the run
-# (a smaller sample says too little: one bad file in the first batch is not a broken dataset).
-MIN_RECORDS_FOR_SKIP_CHECK = 1000
+LOCK_FILE = ".alexnet_jax.lock"
+# Suffix a damaged checkpoint directory is renamed with, so the run can go on from an earlier
+# step and the user can still inspect it (Orbax ignores names that are not integers).
+DAMAGED_SUFFIX = ".damaged"
 
 
 @dataclasses.dataclass
 class TrainResult:
+  """final_step: the last step trained; interrupted_by: the signal number when stopped by
+  SIGTERM/SIGINT, else None; eval_metrics: the last evaluation's metrics, if any."""
   final_step: int
-  interrupted_by: int | None  # signal number when stopped by SIGTERM/SIGINT
+  interrupted_by: int | None
   eval_metrics: dict[str, float] | None
 
 
-class StopRequest:
-  """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and returns.
+class CheckpointWriteError(UserError):
+  """A checkpoint could not be written (disk full, read-only, permissions)."""
 
-  A second SIGINT (Ctrl-C twice) interrupts at once.
+
+def _prepare_workdir(workdir: pathlib.Path) -> None:
+  if workdir.exists() and not workdir.is_dir():
+    raise UserError(f"--workdir={workdir} is a file, not a directory: name a new or existing "
+                    "run directory.")
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"Cannot create --workdir={workdir}: {e.strerror}.") from e
+  if not os.access(workdir, os.W_OK):
+    raise UserError(f"--workdir={workdir} is not writable: choose another directory.")
+
+
+def _lock(workdir: pathlib.Path) -> filelock.BaseFileLock:
+  """Holds the workdir for this run (released on exit; the OS releases it if the process
+  dies, so a lock is never stale)."""
+  lock = filelock.FileLock(str(workdir / LOCK_FILE))
+  try:
+    lock.acquire(timeout=0)
+  except filelock.Timeout:
+    holder = (workdir / (LOCK_FILE + ".pid"))
+    who = f" (process {holder.read_text().strip()})" if holder.is_file() else ""
+    raise UserError(f"Another trainer{who} is running in --workdir={workdir}: wait for it to "
+                    "finish or stop it, or use another --workdir.") from None
+  (workdir / (LOCK_FILE + ".pid")).write_text(f"{os.getpid()}\n")
+  return lock
+
+
+def _restore_latest_readable(exp: Experiment, checkpointer: ckpt_lib.Checkpointer,
+                             log) -> tuple[Any, int] | None:
+  """(state, step) of the newest checkpoint that restores, or None when there is none.
+
+  A checkpoint of another model stops the run (UserError). A damaged one (truncated array,
+  missing file) is renamed <step>.damaged, named in the log, and the next older one is tried.
   """
-
-  def __init__(self):
-    self.signum: int | None = None
-    self._previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
-
-  def _handle(self, signum, frame):
-    if self.signum is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.signum = signum
-    logging.warning("Received %s: stopping after this step and saving a checkpoint.",
-                    signal.Signals(signum).name)
-
-  def requested(self) -> bool:
-    local = self.signum is not None
-    if jax.process_count() == 1:
-      return local
-    # Every process must stop at the same step, or the next collective hangs.
-    return bool(multihost_utils.process_allgather(np.int32(local)).max())
-
-  def restore_handlers(self) -> None:
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
-class _TrainMeter:
-  """Averages of the step metrics since the last log line, fetched from the device lazily."""
-
-  def __init__(self):
-    self._pending: list[dict[str, jax.Array]] = []
-    self._since: float | None = None  # None until the first (compiling) step is done
-    self._timed_steps = 0
-
-  def add(self, metrics: dict[str, jax.Array]) -> None:
-    self._pending.append(metrics)
-    if self._since is None:
-      jax.block_until_ready(metrics)  # the first step includes compilation: not timed
-      self._since = time.time()
-    else:
-      self._timed_steps += 1
-
-  def summary(self, batch_size: int) -> dict[str, float]:
-    fetched = jax.device_get(self._pending)
-    now = time.time()
-    out = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in ("loss", "top1", "top5")}
-    out["train/lr"] = float(fetched[-1]["lr"])
-    if self._timed_steps > 0:
-      out["train/images_per_sec"] = self._timed_steps * batch_size / max(now - self._since, 1e-9)
-    self._pending, self._since, self._timed_steps = [], now, 0
-    return out
-
-
-def _write_config(config, workdir: pathlib.Path) -> None:
-  with open(workdir / "config.json", "w", encoding="utf-8") as f:
-    json.dump(config.to_dict(), f, indent=2, default=str)
-
-
-def _restore_or_init(exp: Experiment, checkpointer: ckpt_lib.Checkpointer,
-                     train_iter, writer: MetricWriter) -> Any:
-  latest = checkpointer.latest_step()
-  if latest is None:
-    writer.log(f"Initializing {exp.config.model.variant} model "
-               f"({jax.device_count()} device(s), seed {exp.config.seed}).")
-    state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.mesh,
-                                         exp.config.seed)
-    if exp.config.init_from:  # only for a fresh run: a resumed one has its own checkpoint
-      state = finetune.initialize_from(state, exp.config, exp.tx, exp.state_shardings,
-                                       writer.log)
-    return state
-  ckpt_lib.check_compatible(checkpointer.read_meta(latest), exp.config.model.to_dict(),
-                            str(checkpointer.directory))
   abstract = ckpt_lib.abstract_like(exp.abstract_state, exp.state_shardings)
-  state = checkpointer.restore(latest, abstract, train_iter)
-  writer.log(f"Resumed from step {latest} in {checkpointer.directory}.")
+  for step in sorted(checkpointer.all_steps(), reverse=True):
+    try:
+      meta = checkpointer.read_meta(step)
+      ckpt_lib.check_compatible(meta, exp.config.model.to_dict(), str(checkpointer.directory))
+      state = checkpointer.restore(step, abstract)
+      return state, step
+    except UserError:
+      raise
+    except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable
+      damaged = checkpointer.directory / f"{step}{DAMAGED_SUFFIX}"
+      if jax.process_index() == 0:
+        os.replace(checkpointer.directory / str(step), damaged)
+      logging.warning("Checkpoint step %d in %s could not be read (%s: %s); moved it to %s "
+                      "and trying the previous one.", step, checkpointer.directory,
+                      type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "", damaged)
+      checkpointer.reload()
+  return None
+
+
+def _init_state(exp: Experiment, log) -> Any:
+  log(f"Initializing {exp.config.model.variant} model ({jax.device_count()} device(s), seed "
+      f"{exp.config.seed}).")
+  state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.mesh,
+                                       exp.config.seed)
+  if exp.config.init_from:  # only for a fresh run: a resumed one has its own checkpoint
+    state = finetune.initialize_from(state, exp.config, exp.tx, exp.state_shardings, log)
   return state
 
 
@@ -127,117 +123,194 @@ def _format_line(step: int, exp: Experiment, metrics: dict[str, float], eta_s: f
   return line
 
 
-def _update_plateau(exp: Experiment, state: Any, top1: float, writer: MetricWriter) -> Any:
-  sched = exp.config.schedule
-  if sched.name != "plateau":
-    return state
-  rule = optim.Plateau(sched.factor, sched.patience, sched.max_reductions, sched.min_delta)
-  current = {k: float(v) for k, v in jax.device_get(state["schedule"]).items()}
-  updated, reduced = rule.update(current, top1)
-  if reduced:
-    writer.log(f"eval/top1 has not improved for {sched.patience} evaluations: learning rate "
-               f"scaled by {sched.factor} (reduction {int(updated['reductions'])} of "
-               f"{sched.max_reductions}).")
-  new_schedule = {k: np.float32(v) for k, v in updated.items()}
-  return dict(state, schedule=parallel.replicate(new_schedule, exp.mesh))
+def _checkpoint_megabytes(exp: Experiment) -> float:
+  leaves = jax.tree.leaves(exp.abstract_state)
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in leaves) / 2**20
+
+
+# What a failed write says once it comes back through Orbax/TensorStore (often a ValueError
+# carrying the OS error): these are the disk's fault, not the program's.
+_STORAGE_ERROR = re.compile(r"os_error_code|No space left|Read-only file system|File too large|"
+                            r"Permission denied|Disk quota|Input/output error")
+
+
+def _storage_error_text(e: BaseException) -> str | None:
+  """The OS's words for a failed write, or None when `e` is not a storage error."""
+  if isinstance(e, OSError):
+    return e.strerror or str(e)
+  match = _STORAGE_ERROR.search(str(e))
+  if not match:
+    return None
+  os_error = re.search(r"Failed to write[^\]\n]*?: ([^\[\n]+)", str(e))
+  return (os_error.group(1) if os_error else match.group(0)).strip()
+
+
+def _storage_failure(exp: Experiment, checkpointer, step: int | None, last_saved: int | None,
+                     e: BaseException) -> CheckpointWriteError | None:
+  reason = _storage_error_text(e)
+  if reason is None:
+    return None
+  what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+  del last_saved  # a save is asynchronous: what is complete on disk is the truth
+  try:
+    checkpointer.reload()
+    complete = checkpointer.all_steps()
+  except Exception:  # noqa: BLE001 - the directory itself may be unreadable
+    complete = []
+  kept = f"step {max(complete)}" if complete else "none"
+  return CheckpointWriteError(
+      f"Could not write {what} to {checkpointer.directory}: {reason}. A checkpoint needs about "
+      f"{_checkpoint_megabytes(exp):.0f} MB; free space or use another --workdir. Training "
+      f"stopped here; the last complete checkpoint is {kept}.")
+
+
+def _save(exp: Experiment, checkpointer, step: int, state: Any, meta: dict,
+          last_saved: int | None) -> None:
+  try:
+    checkpointer.save(step, state, None, meta)
+  except Exception as e:  # noqa: BLE001 - re-raised unless it is the disk's fault
+    failure = _storage_failure(exp, checkpointer, step, last_saved, e)
+    if failure is None:
+      raise
+    raise failure from e
+
+
+def _wait_for_saves(exp: Experiment, checkpointer, last_saved: int | None) -> None:
+  try:
+    checkpointer.wait()
+  except Exception as e:  # noqa: BLE001 - re-raised unless it is the disk's fault
+    failure = _storage_failure(exp, checkpointer, None, last_saved, e)
+    if failure is None:
+      raise
+    raise failure from e
 
 
 def train_and_evaluate(exp: Experiment, workdir: str | pathlib.Path) -> TrainResult:
+  """Trains `exp` (built with mode='train') in `workdir`, resuming from its newest readable
+  checkpoint. Writes config.json, metrics.jsonl, tensorboard/ and checkpoints/ (process 0;
+  every process takes part in saves). Raises UserError for a refused resume, a workdir in
+  use, divergence or a failed save; returns normally when stopped by SIGTERM/SIGINT."""
   config = exp.config
-  workdir = pathlib.Path(workdir)
+  workdir = pathlib.Path(workdir).absolute()
   is_chief = jax.process_index() == 0
   if is_chief:
-    workdir.mkdir(parents=True, exist_ok=True)
-    _write_config(config, workdir)
-  writer = MetricWriter(workdir, enabled=is_chief)
-  checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-  train_iter = pipeline.to_iterator(exp.datasets.train, num_workers=config.data.num_workers,
-                                    prefetch_batches=config.data.prefetch_batches)
-  state = _restore_or_init(exp, checkpointer, train_iter, writer)
-  step = int(jax.device_get(state["step"]))
-  if step >= exp.total_steps:
-    writer.log(f"Already trained to step {step} (num_train_steps/num_epochs give "
-               f"{exp.total_steps}); nothing to do. Use --mode=eval to evaluate.")
+    _prepare_workdir(workdir)
+  lock = _lock(workdir) if is_chief else None
+  log = lambda message: logging.info(message) if is_chief else None  # noqa: E731
+  checkpointer = None
+  writer = None
+  stop = None
+  batches = None
+  try:
+    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    # Checked before anything is written, so a refused resume leaves the workdir as it was.
+    restored = _restore_latest_readable(exp, checkpointer, log)
+    if restored is not None:
+      state, step = restored
+      if step >= exp.total_steps:
+        log(f"Already trained to step {step} (num_train_steps/num_epochs give "
+            f"{exp.total_steps}); nothing to do. Use --mode=eval to evaluate it.")
+        return TrainResult(final_step=step, interrupted_by=None, eval_metrics=None)
+      log(f"Resumed from step {step} in {checkpointer.directory}.")
+    if is_chief:
+      with open(workdir / "config.json", "w", encoding="utf-8") as f:
+        json.dump(config.to_dict(), f, indent=2, default=str)
+    writer = MetricWriter(workdir, enabled=is_chief)
+    if restored is not None:
+      # Readers of metrics.jsonl: records of steps after this one, written before the restart,
+      # are superseded by the ones that follow this marker.
+      writer.write(step, {"event": "resumed"})
+    if restored is None:
+      state, step = _init_state(exp, log), 0
+    return _loop(exp, workdir, checkpointer, writer, state, step, log)
+  finally:
+    if checkpointer is not None:
+      try:
+        checkpointer.close()
+      except Exception:  # noqa: BLE001 - a failed save was already reported by the loop
+        pass
+    if writer is not None:
+      writer.close()
+    if lock is not None:
+      lock.release()
+
+
+def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWriter,
+          state: Any, step: int, log) -> TrainResult:
+  config = exp.config
   meta = exp.checkpoint_meta()
-  stop = StopRequest()
-  meter = _TrainMeter()
-  skipped = records = 0
+  stop = hooks.StopRequest()
+  meter = hooks.TrainMeter()
+  warmup_steps = int(round(config.schedule.warmup_epochs * exp.steps_per_epoch))
+  stall = hooks.StallWatch(config.model.num_classes, config.stall_warning_steps, warmup_steps)
   eval_metrics = None
   last_saved = step if checkpointer.latest_step() == step else None
   timing_start = timing_from = None  # for the ETA: wall time from the end of the first step
-  writer.log(f"Training {exp.total_steps} steps ({exp.steps_per_epoch} per epoch, global batch "
-             f"{config.batch_size}) in {workdir}.")
+  first_step = step + 1
+  log(f"Training {exp.total_steps} steps ({exp.steps_per_epoch} per epoch, global batch "
+      f"{config.batch_size}) in {workdir}.")
+  batches = exp.train_batches(start_step=step)
   try:
     while step < exp.total_steps:
-      batch = next(train_iter)
-      skipped += int(batch.pop("skipped"))
-      records += len(batch["label"])
-      state, metrics = exp.train_step(state, parallel.to_global_batch(batch, exp.mesh))
+      batch = next(batches)
+      if step + 1 == first_step:
+        log("Compiling the train step (the first step waits for it)...")
+        compile_start = time.time()
+      state, metrics = exp.train_step(state, batch)
       step += 1
-      meter.add(metrics)
+      meter.add(step, metrics)
       if timing_start is None:
+        log(f"First step done in {time.time() - compile_start:.1f} s (compilation included).")
         timing_start, timing_from = time.time(), step
       is_last = step == exp.total_steps
 
-      if step % config.log_every_steps == 0 or is_last:
+      if step % config.log_every_steps == 0 or is_last or step == first_step:
+        meter.check_finite()
         summary = meter.summary(config.batch_size)
         summary["train/epoch"] = exp.epoch_of(step)
-        summary["data/skipped"] = _global_sum(skipped)
+        summary["data/skipped"] = hooks.global_sum(batches.skipped)
         eta = float("nan")
-        if timing_start is not None and step > timing_from:
+        if step > timing_from:
           eta = (exp.total_steps - step) * (time.time() - timing_start) / (step - timing_from)
         writer.write(step, summary)
-        writer.log(_format_line(step, exp, summary, eta))
-        _check_skips(config, summary["data/skipped"], _global_sum(records))
+        log(_format_line(step, exp, summary, eta))
+        warning = stall.update(step, summary["train/loss"])
+        if warning and writer.enabled:
+          logging.warning(warning)
+        hooks.check_skips(config.data.max_skip_fraction, summary["data/skipped"],
+                          hooks.global_sum(batches.batches * config.batch_size
+                                           // jax.process_count()))
 
       if step % exp.eval_every_steps == 0 or (is_last and config.eval_at_end):
         eval_metrics = evaluate.run_eval(exp, state["params"], state["batch_stats"])
         eval_metrics["train/epoch"] = exp.epoch_of(step)
         writer.write(step, eval_metrics)
-        writer.log(f"eval at step {step}: loss {eval_metrics['eval/loss']:.4f} top1 "
-                   f"{eval_metrics['eval/top1']:.4f} top5 {eval_metrics['eval/top5']:.4f} "
-                   f"({eval_metrics['eval/num_examples']} examples)")
-        state = _update_plateau(exp, state, eval_metrics["eval/top1"], writer)
-        _write_filters_image(exp, state, step, writer)
+        log(f"eval at step {step}: loss {eval_metrics['eval/loss']:.4f} top1 "
+            f"{eval_metrics['eval/top1']:.4f} top5 {eval_metrics['eval/top5']:.4f} "
+            f"({eval_metrics['eval/num_examples']} examples, "
+            f"{eval_metrics['eval/seconds']:.1f} s)")
+        state = hooks.update_plateau(config, exp.mesh, state, eval_metrics["eval/top1"], log)
+        picture = hooks.filters_image(config.model.variant, state["params"]["conv1"]["kernel"])
+        writer.image(step, "filters/conv1", picture)
 
-      stopping = stop.requested() or checkpointer.reached_preemption(step)
+      stopping = (stop.requested(step, config.log_every_steps)
+                  or checkpointer.reached_preemption(step))
       if step % config.checkpoint_every_steps == 0 or is_last or stopping:
-        checkpointer.save(step, state, train_iter, meta)
+        meter.check_finite()  # never save a diverged state
+        _save(exp, checkpointer, step, state, meta, last_saved)
         last_saved = step
       if stopping:
         break
+    _wait_for_saves(exp, checkpointer, last_saved)
   finally:
-    checkpointer.wait()
-    checkpointer.close()
-    writer.close()
+    batches.close()
     stop.restore_handlers()
+    try:
+      checkpointer.wait()
+    except Exception:  # noqa: BLE001 - already reported, or the loop's own error is on its way
+      pass
   if stop.signum is not None:
     logging.warning("Stopped by %s after step %d; checkpoint saved in %s. Run the same command "
                     "to resume.", signal.Signals(stop.signum).name, last_saved,
                     checkpointer.directory)
   return TrainResult(final_step=step, interrupted_by=stop.signum, eval_metrics=eval_metrics)
-
-
-def _write_filters_image(exp: Experiment, state: Any, step: int, writer: MetricWriter) -> None:
-  """conv1's filters as one picture in TensorBoard (the two towers side by side)."""
-  # Gathered on every process (a collective when the towers are split over processes).
-  kernel = finetune.to_host(state["params"]["conv1"]["kernel"])
-  if not writer.enabled:
-    return
-  writer.image(step, "filters/conv1",
-               interpret.conv1_filter_grid(kernel, interpret.towers_of(exp.config.model.variant)))
-
-
-def _global_sum(value: int) -> int:
-  if jax.process_count() == 1:
-    return value
-  return int(multihost_utils.process_allgather(np.int64(value)).sum())
-
-
-def _check_skips(config, skipped: int, records: int) -> None:
-  if records >= MIN_RECORDS_FOR_SKIP_CHECK and skipped > config.data.max_skip_fraction * records:
-    raise RuntimeError(
-        f"{skipped} of {records} training records could not be read, more than "
-        f"data.max_skip_fraction={config.data.max_skip_fraction}. The skipped files are named in "
-        "the log above; repair or remove them, or raise --config.data.max_skip_fraction. "
-        "Checkpoints and metrics written so far are kept.")

@@ -4,11 +4,11 @@
       [--data_dir=PATH] [--num_batches=10] [--storage=folder|arrayrecord] [--resize_shorter=256]
 
 Prints one JSON line per worker count with `images_per_sec` (batches of
-`config.batch_size` from `alexnet_jax.data.create_datasets` + `pipeline.to_iterator`, after
+`config.batch_size` from `alexnet_jax.data.open_split` + `pipeline.to_iterator`, after
 warm-up batches that absorb worker start-up). Without --data_dir it first writes its own
 ImageNet-like folder dataset of JPEGs (default 500x375, quality 90, ~100 KB like the average
 ImageNet file) in a temporary folder; `--storage=arrayrecord` then packs it with
-`alexnet_jax.prepare` (original bytes, or pre-resized with --resize_shorter) and reads it
+`alexnet_jax.tools.prepare` (original bytes, or pre-resized with --resize_shorter) and reads it
 through `data.source=tfds`. Config overrides work as usual:
 `--config.data.jpeg_draft=false`, `--config.data.train_transform=inception`.
 """
@@ -192,11 +192,14 @@ def machine() -> dict:
 
 def measure(config, num_workers: int, num_batches: int, warmup_batches: int) -> dict:
   """Steady-state images/s of the training iterator, and the CPU it and others used."""
-  from alexnet_jax.data import create_datasets, pipeline
+  from alexnet_jax import data as data_lib
+  from alexnet_jax.data import pipeline
   if warmup_batches < 0:
     warmup_batches = max(num_workers, 1) * max(1, config.data.prefetch_batches) + 1
-  datasets = create_datasets(config)
-  iterator = pipeline.to_iterator(datasets.train, num_workers=num_workers,
+  split = data_lib.open_split(config, "train")
+  dataset = pipeline.train_dataset(split.source, split.transform, seed=config.seed,
+                                   global_batch_size=config.batch_size)
+  iterator = pipeline.to_iterator(dataset, num_workers=num_workers,
                                   prefetch_batches=config.data.prefetch_batches)
   started = time.perf_counter()
   for _ in range(warmup_batches):
@@ -273,8 +276,8 @@ def main(argv) -> None:
 
 
 def pack(folder_dir: str, out_dir: str, resize_shorter: int) -> str:
-  """The folder dataset written as a tfds ArrayRecord build by alexnet_jax.prepare."""
-  from alexnet_jax import prepare
+  """The folder dataset written as a tfds ArrayRecord build by alexnet_jax.tools.prepare."""
+  from alexnet_jax.tools import prepare
   started = time.perf_counter()
   shards = prepare.plan_folder(folder_dir, examples_per_shard=256)
   prepare.write_tfds_dataset(shards, out_dir, prepare.StoreOptions(resize_shorter),

@@ -50,13 +50,13 @@ def measure_jax(config) -> dict:
   import jax
   import numpy as np
 
-  from alexnet_jax import experiment, models, parallel, state as state_lib
+  from alexnet_jax import experiment, sharding, state as state_lib
 
   exp = experiment.build(config)
   state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.mesh, config.seed)
   size, channels = config.model.image_size, config.model.in_channels
   rng = np.random.default_rng(0)
-  batch = parallel.to_global_batch({
+  batch = sharding.to_global_batch({
       "image": rng.integers(0, 256, (config.batch_size, size, size, channels), dtype=np.uint8),
       "label": rng.integers(0, config.model.num_classes, config.batch_size, dtype=np.int32),
   }, exp.mesh)
@@ -72,14 +72,14 @@ def measure_jax(config) -> dict:
       "framework": "jax", "images_per_sec": config.batch_size / seconds,
       "step_time_ms": seconds * 1e3, "device": jax.devices()[0].device_kind,
       "num_devices": jax.device_count(), "variant": config.model.variant,
-      "group_impl": models.resolve_group_impl(config.model.group_impl),
+      "group_impl": exp.kernels.group_impl, "kernels": exp.kernels.kernels,
       "dtype": config.model.dtype, "batch": config.batch_size,
       "image_size": config.model.image_size,
   }
 
 
 def measure_torch(config, keep_freed_memory: bool = False) -> dict:
-  from alexnet_jax import cpu_runtime
+  from alexnet_jax.runtime import cpu_runtime
 
   command = [sys.executable, str(HERE / "torch_reference.py"), f"--batch={config.batch_size}",
              f"--steps={_STEPS.value}", f"--image_size={config.model.image_size}"]
@@ -93,9 +93,10 @@ def measure_torch(config, keep_freed_memory: bool = False) -> dict:
 
 def main(argv):
   del argv
-  from alexnet_jax import cpu_runtime
+  from alexnet_jax.runtime import cpu_runtime
 
-  tuning = cpu_runtime.configure(_CPU_RUNTIME_TUNING.value)  # before JAX starts its backend
+  # Before JAX starts its backend, as main does.
+  tuning = cpu_runtime.configure(_CPU_RUNTIME_TUNING.value, _CONFIG.value.cpu_eigen_convolutions)
   config = _CONFIG.value
   config.batch_size = _BATCH.value
   config.eval_batch_size = _BATCH.value

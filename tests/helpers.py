@@ -10,6 +10,16 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# A small d2l model on 96x96 grey synthetic images: each command-line run takes seconds.
+SMALL = (
+    "--config.model.variant=d2l", "--config.model.num_classes=10",
+    "--config.model.in_channels=1", "--config.model.image_size=96",
+    "--config.model.init=xavier", "--config.data.mean=(0.,)", "--config.data.std=(255.,)",
+    "--config.data.num_train_examples=256", "--config.data.num_eval_examples=100",
+    "--config.batch_size=16", "--config.eval_batch_size=24", "--config.log_every_steps=1",
+    "--config.optimizer.learning_rate=0.01",
+)
+
 
 def main_command(config: str, workdir, *overrides: str, mode: str = "train") -> list[str]:
   return [sys.executable, "-m", "alexnet_jax.main", f"--config={REPO / 'configs' / config}",

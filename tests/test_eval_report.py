@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import eval_report, evaluate, experiment, models
+from alexnet_jax import report as eval_report, evaluate, experiment, models
 from alexnet_jax.data import fashion_mnist
 
 try:  # tests/ on sys.path (pytest's default): the same module, so one shared run per session
@@ -39,13 +39,13 @@ def test_counts_and_summary_by_hand():
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
   workdir, config = shared.shared_run(tmp_path_factory)
-  result = evaluate.evaluate_checkpoint(experiment.build(config), workdir)
-  return result, json.loads((workdir / eval_report.REPORT_FILE).read_text())
+  result = evaluate.evaluate_checkpoint(experiment.build(config, "eval"), workdir)
+  return result, json.loads((workdir / eval_report.LATEST_REPORT_FILE).read_text())
 
 
 def test_mode_eval_writes_the_report(report):
   metrics, written = report
-  assert metrics["eval_report"].endswith("eval_report.json")
+  assert metrics["eval_report"].endswith("eval_report_2.json")
   assert written["step"] == 2 and written["data_source"] == "fashion_mnist"
   center = written["views"]["center_crop"]
   assert center["num_examples"] == metrics["eval/num_examples"] == 40
@@ -70,10 +70,13 @@ def test_imagenet_gets_centre_and_ten_crop_views(tmp_path):
   data_dir = fx.make_folder_dataset(tmp_path / "imagenet", val_layout="class", num_val=5)
   config = fx.imagenet_config(str(data_dir), image_size=65, resize_size=72, batch_size=8)
   config.model.variant, config.model.init = "d2l", "xavier"
-  exp = experiment.build(config)
+  exp = experiment.build(config, "eval")
   params = models.init("d2l", 0, image_size=65, in_channels=3, num_classes=1000)
   params = jax.device_put(params, exp.state_shardings["params"])
-  written = eval_report.build_report(exp, params, step=0)
+  counted = {view: eval_report.ViewCounts.zeros(1000) for view in (False, True)}
+  centre_metrics = evaluate.run_eval(exp, params, ten_crop=False, view_counts=counted[False])
+  ten_metrics = evaluate.run_eval(exp, params, ten_crop=True, view_counts=counted[True])
+  written = eval_report.build_report(config, exp.info, 0, counted)
   center, ten = written["views"]["center_crop"], written["views"]["ten_crop"]
   assert center["num_examples"] == ten["num_examples"] == 5
   assert written["notes"] == []
@@ -81,9 +84,30 @@ def test_imagenet_gets_centre_and_ten_crop_views(tmp_path):
   assert len(centre_counts) == 1000 and sum(centre_counts) == 5
   assert center["per_class"][207]["name"] == "golden retriever"
   # The ten-crop view really reads 10 views per image, and both views agree with the trainer's
-  # own evaluation of the same split.
-  assert eval_report.eval_dataset(exp, ten_crop=True)[0]["image"].shape == (8, 10, 65, 65, 3)
-  assert center["top5"] == pytest.approx(evaluate.run_eval(exp, params)["eval/top5"], abs=1e-9)
-  config.data.ten_crop = True
-  ten_exp = experiment.build(config)
-  assert ten["top5"] == pytest.approx(evaluate.run_eval(ten_exp, params)["eval/top5"], abs=1e-9)
+  # own metrics of the same pass.
+  assert next(exp.eval_batches(ten_crop=True))["image"].shape == (8, 10, 65, 65, 3)
+  assert center["top5"] == pytest.approx(centre_metrics["eval/top5"], abs=1e-9)
+  assert ten["top5"] == pytest.approx(ten_metrics["eval/top5"], abs=1e-9)
+
+
+def test_reports_are_named_by_step_and_the_latest_is_copied(tmp_path):
+  info = fashion_mnist_info()
+  counts = {False: eval_report.ViewCounts.zeros(10)}
+  cfg = _tiny_config()
+  later = eval_report.write_report(cfg, info, tmp_path, 500, counts)
+  earlier = eval_report.write_report(cfg, info, tmp_path, 400, counts)
+  assert later.name == "eval_report_500.json" and earlier.name == "eval_report_400.json"
+  latest = json.loads((tmp_path / eval_report.LATEST_REPORT_FILE).read_text())
+  assert latest["step"] == 500  # evaluating an older step does not replace the latest report
+
+
+def fashion_mnist_info():
+  from alexnet_jax.data import DataInfo
+  return DataInfo(num_classes=10, channels=1, class_names=fashion_mnist.CLASS_NAMES)
+
+
+def _tiny_config():
+  from alexnet_jax import config_base
+  config = config_base.base_config()
+  config.data.source = "fashion_mnist"
+  return config

@@ -12,13 +12,15 @@ import subprocess
 import sys
 
 from absl import flags
+import jax
 import numpy as np
 from PIL import Image
 from PIL import JpegImagePlugin
 import pytest
 
-from alexnet_jax import data as data_lib
-from alexnet_jax import prepare
+from alexnet_jax import data as data_lib, sharding
+from alexnet_jax.errors import UserError
+from alexnet_jax.tools import prepare
 from alexnet_jax.data import imagenet, pipeline, transforms
 
 try:  # tests/ on sys.path (pytest's default for a folder without __init__.py)
@@ -100,7 +102,7 @@ def test_unknown_class_folder_is_a_clear_error(tmp_path):
   fx.make_folder_dataset(tmp_path)
   fx.write(tmp_path / "train" / "cats" / "a.JPEG", fx.jpeg_bytes(20, 20))
   with pytest.raises(ValueError, match=r"cats is not an ILSVRC-2012 class folder"):
-    imagenet.build(fx.imagenet_config(tmp_path, source="folder"))
+    _both(fx.imagenet_config(tmp_path, source="folder"))
 
 
 def test_mixed_validation_layout_is_an_error(tmp_path):
@@ -121,7 +123,7 @@ def assert_explains_layouts(message: str) -> None:
 def test_missing_data_dir_is_one_clear_error(tmp_path, source):
   config = fx.imagenet_config(tmp_path / "nowhere", source=source)
   with pytest.raises(FileNotFoundError) as error:
-    data_lib.build_source(config)
+    data_lib.open_split(config, "train")
   assert_explains_layouts(str(error.value))
 
 
@@ -129,20 +131,20 @@ def test_missing_data_dir_is_one_clear_error(tmp_path, source):
 def test_wrong_layout_is_one_clear_error(tmp_path, source):
   (tmp_path / "images").mkdir()
   with pytest.raises(ValueError) as error:
-    data_lib.build_source(fx.imagenet_config(tmp_path, source=source))
+    data_lib.open_split(fx.imagenet_config(tmp_path, source=source), "train")
   assert_explains_layouts(str(error.value))
 
 
 def test_folder_source_needs_a_data_dir():
   with pytest.raises(ValueError, match="needs --config.data.data_dir"):
-    imagenet.build(fx.imagenet_config("", source="folder"))
+    _both(fx.imagenet_config("", source="folder"))
 
 
 def test_tfrecord_build_asks_for_conversion(tmp_path):
   version_dir = tmp_path / "imagenet2012" / "5.1.0"
   fx.write(version_dir / "dataset_info.json", json.dumps({"fileFormat": "tfrecord"}).encode())
   with pytest.raises(ValueError, match="tfds convert_format"):
-    imagenet.build(fx.imagenet_config(tmp_path, source="auto"))
+    _both(fx.imagenet_config(tmp_path, source="auto"))
 
 
 def test_config_must_ask_for_1000_rgb_classes(tmp_path):
@@ -150,7 +152,7 @@ def test_config_must_ask_for_1000_rgb_classes(tmp_path):
   config = fx.imagenet_config(tmp_path)
   config.model.num_classes = 10
   with pytest.raises(ValueError, match="num_classes"):
-    imagenet.build(config)
+    _both(config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,41 +379,57 @@ def test_evaluation_counts_every_example_exactly_once(tmp_path, batch_size, proc
   assert seen == collections.Counter(int(label) for label in source.labels)
 
 
-def test_create_datasets_with_the_imagenet_config(tmp_path):
+def test_splits_with_the_imagenet_config(tmp_path):
   fx.make_folder_dataset(tmp_path, num_val=5)
   config = fx.imagenet_config(tmp_path, image_size=16, resize_size=20, batch_size=4)
-  datasets = data_lib.create_datasets(config)
-  assert datasets.info.num_classes == 1000 and len(datasets.info.class_names) == 1000
-  assert (datasets.info.num_train_examples, datasets.info.num_eval_examples) == (12, 5)
-  train = next(iter(datasets.train))
-  assert train["image"].shape == (4, 16, 16, 3) and train["image"].dtype == np.uint8
-  assert train["label"].dtype == np.int32 and set(train["label"]) <= set(fx.WNIDS.values())
-  batches = list(datasets.eval)
-  assert len(batches) == 2 and sum(int(b["mask"].sum()) for b in batches) == 5
+  train, evaluation = data_lib.open_split(config, "train"), data_lib.open_split(config, "eval")
+  assert train.info.num_classes == 1000 and len(train.info.class_names) == 1000
+  assert train.info.has_crops
+  assert (train.num_examples, evaluation.num_examples) == (12, 5)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  batch = next(data_lib.train_batches(config, mesh, split=train))
+  assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.uint8
+  labels = np.asarray(batch["label"])
+  assert labels.dtype == np.int32 and set(labels.tolist()) <= set(fx.WNIDS.values())
+  batches = list(data_lib.eval_batches(config, mesh, split=evaluation))
+  assert len(batches) == 2 and sum(int(np.asarray(b["mask"]).sum()) for b in batches) == 5
 
 
 def test_ten_crop_evaluation_batches(tmp_path):
   fx.make_folder_dataset(tmp_path, num_val=3)
   config = fx.imagenet_config(tmp_path, batch_size=4)
   config.data.ten_crop = True
-  batch = data_lib.create_datasets(config).eval[0]
-  assert batch["image"].shape == (4, 10, 16, 16, 3)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  batch = next(data_lib.eval_batches(config, mesh))
+  # 3 images: the eval batch is cut to what the split needs, not padded to 4 rows.
+  assert batch["image"].shape == (3, 10, 16, 16, 3)
+
+
+def test_eval_only_needs_the_validation_split(tmp_path):
+  fx.make_folder_dataset(tmp_path, num_val=3)
+  import shutil
+  shutil.rmtree(tmp_path / "train")
+  config = fx.imagenet_config(tmp_path, batch_size=4)
+  assert data_lib.open_split(config, "eval").num_examples == 3
+  with pytest.raises(UserError, match="no images|no train"):
+    data_lib.open_split(config, "train")
+
 
 
 def test_inception_transform_from_the_config(tmp_path):
   fx.make_folder_dataset(tmp_path)
   config = fx.imagenet_config(tmp_path)
   config.data.train_transform = "inception"
-  spec = imagenet.build(config)
+  spec = _both(config)
   assert isinstance(spec.train_transform, transforms.InceptionTrainTransform)
   config.data.train_transform = "fancy"
   with pytest.raises(ValueError, match="train_transform"):
-    imagenet.build(config)
+    _both(config)
 
 
 def test_sources_and_transforms_pickle_for_grain_workers(tmp_path):
   fx.make_folder_dataset(tmp_path)
-  spec = imagenet.build(fx.imagenet_config(tmp_path))
+  spec = _both(fx.imagenet_config(tmp_path))
   for thing in (spec.train_source, spec.eval_source, spec.train_transform, spec.eval_transform):
     copy = pickle.loads(pickle.dumps(thing))
     assert type(copy) is type(thing)
@@ -420,7 +438,7 @@ def test_sources_and_transforms_pickle_for_grain_workers(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# tfds ArrayRecord builds written by alexnet_jax.prepare (no TensorFlow)
+# tfds ArrayRecord builds written by alexnet_jax.tools.prepare (no TensorFlow)
 
 
 def test_packed_folder_reads_back_through_tfds(tmp_path):
@@ -428,8 +446,8 @@ def test_packed_folder_reads_back_through_tfds(tmp_path):
   out = tmp_path / "tfds"
   prepare.write_tfds_dataset(prepare.plan_folder(str(folder), examples_per_shard=5),
                              str(out), prepare.StoreOptions())
-  spec = imagenet.build(fx.imagenet_config(out, source="tfds"))
-  folder_spec = imagenet.build(fx.imagenet_config(folder, source="folder"))
+  spec = _both(fx.imagenet_config(out, source="tfds"))
+  folder_spec = _both(fx.imagenet_config(folder, source="folder"))
   assert len(spec.train_source) == 12 and len(spec.eval_source) == 3
   for i in range(12):  # same order, same bytes, same labels
     packed, original = spec.train_source[i], folder_spec.train_source[i]
@@ -449,7 +467,7 @@ def test_prepare_resizes_and_skips_unreadable_files(tmp_path):
   out = tmp_path / "tfds"
   version_dir = prepare.write_tfds_dataset(prepare.plan_folder(str(folder), 4), str(out),
                                            prepare.StoreOptions(resize_shorter=20))
-  source, _ = imagenet.tfds_sources(str(out))
+  source, _ = _tfds_both(str(out))
   assert len(source) == 11
   sizes = [Image.open(io.BytesIO(source[i]["image"])).size for i in range(len(source))]
   assert all(min(size) == 20 for size in sizes)
@@ -463,7 +481,7 @@ def test_prepare_from_the_two_tars_without_tensorflow(tmp_path):
   out = tmp_path / "tfds"
   prepare.write_tfds_dataset(prepare.plan_tars(str(tars), examples_per_shard=2), str(out),
                              prepare.StoreOptions(resize_shorter=32))
-  train, evaluation = imagenet.tfds_sources(str(out))
+  train, evaluation = _tfds_both(str(out))
   assert [int(train[i]["label"]) for i in range(8)] == [0, 0, 1, 1, 207, 207, 999, 999]
   assert [int(evaluation[i]["label"]) for i in range(3)] == [65, 970, 230]
   assert evaluation[0]["file_name"] == b"ILSVRC2012_val_00000001.JPEG"
@@ -488,7 +506,7 @@ def test_prepare_command_line_with_worker_processes(tmp_path):
       env={**os.environ, "PYTHONPATH": str(fx.REPO)})
   assert result.returncode == 0, result.stderr[-2000:]
   assert "--config.data.data_dir=" in result.stdout
-  train, evaluation = imagenet.tfds_sources(str(out))
+  train, evaluation = _tfds_both(str(out))
   assert (len(train), len(evaluation)) == (12, 3)
 
 
@@ -509,5 +527,29 @@ def test_empty_data_dir_means_the_tfds_default_location(tmp_path, monkeypatch):
                              prepare.StoreOptions())
   monkeypatch.setattr(imagenet, "tfds_default_data_dir", lambda: str(tmp_path / "default"))
   for source in ("auto", "tfds"):
-    spec = imagenet.build(fx.imagenet_config("", source=source))
-    assert spec.info.num_train_examples == 12
+    split = imagenet.build(fx.imagenet_config("", source=source), "train")
+    assert split.num_examples == 12
+
+
+def test_sixteen_bit_grey_png_is_scaled_not_clipped():
+  # PIL's convert('RGB') clips I;16 at 255: a 16-bit photo came out 95% white, silently.
+  ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+  buffer = io.BytesIO()
+  Image.fromarray(ramp).save(buffer, format="PNG")
+  assert Image.open(io.BytesIO(buffer.getvalue())).mode == "I;16"
+  rgb = np.asarray(transforms.decode_rgb(buffer.getvalue(), "ramp.png"))
+  assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+  np.testing.assert_allclose(rgb[..., 0], ramp / 257.0, atol=0.51)
+
+
+def _both(config):
+  """Both splits, as the tests above read them: train_source, train_transform, ..."""
+  import types
+  train, evaluation = imagenet.build(config, "train"), imagenet.build(config, "eval")
+  return types.SimpleNamespace(train_source=train.source, train_transform=train.transform,
+                               eval_source=evaluation.source,
+                               eval_transform=evaluation.transform, info=train.info)
+
+
+def _tfds_both(data_dir):
+  return imagenet.tfds_split(data_dir, "train"), imagenet.tfds_split(data_dir, "eval")

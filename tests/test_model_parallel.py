@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import checkpoint as ckpt_lib, experiment, models, parallel, state as state_lib
-from alexnet_jax.data import pipeline
+from alexnet_jax import checkpoint as ckpt_lib, experiment, models, sharding, state as state_lib
 from configs import synthetic
 
 STEPS = 2
@@ -35,12 +34,10 @@ def small_config(model_parallel: int = 1, fsdp: bool = False):
 def _train(layout: str):
   exp = experiment.build(small_config(*LAYOUTS[layout]))
   state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.mesh, 0)
-  batches = pipeline.to_iterator(exp.datasets.train, num_workers=0, prefetch_batches=1)
+  batches = exp.train_batches()
   losses = []
   for _ in range(STEPS):
-    batch = next(batches)
-    batch.pop("skipped")
-    state, metrics = exp.train_step(state, parallel.to_global_batch(batch, exp.mesh))
+    state, metrics = exp.train_step(state, next(batches))
     losses.append(float(metrics["loss"]))
   return exp, state, losses
 
@@ -62,8 +59,8 @@ def test_towers_and_fsdp_train_like_data_parallelism(runs):
   _, reference_state, reference_losses = runs["data"]
   towers_exp, towers_state, losses = runs["towers"]
   np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
-  assert _max_relative_difference(parallel.to_host(towers_state["params"]),
-                                  parallel.to_host(reference_state["params"])) < 1e-5
+  assert _max_relative_difference(sharding.to_host(towers_state["params"]),
+                                  sharding.to_host(reference_state["params"])) < 1e-5
   assert towers_exp.mesh.axis_names == ("data", "model")
   assert towers_exp.mesh.devices.shape == (4, 2)
   # Parameters and their momentum stay split over the towers after the steps.
@@ -86,30 +83,28 @@ def test_tower_checkpoint_restores_and_evaluates_in_data_parallel_mode(runs, tmp
                                                           data_exp.state_shardings))
   reader.close()
   assert restored["params"]["conv2"]["kernel"].sharding.is_fully_replicated
-  for got, want in zip(jax.tree.leaves(parallel.to_host(restored["params"])),
-                       jax.tree.leaves(parallel.to_host(towers_state["params"]))):
+  for got, want in zip(jax.tree.leaves(sharding.to_host(restored["params"])),
+                       jax.tree.leaves(sharding.to_host(towers_state["params"]))):
     np.testing.assert_array_equal(got, want)
 
-  batch = next(pipeline.to_iterator(data_exp.datasets.eval, num_workers=0, prefetch_batches=1))
-  batch.pop("skipped")
   sums = {}
   for name, exp, state in (("data", data_exp, restored), ("towers", towers_exp, towers_state)):
-    sums[name] = jax.device_get(exp.eval_step(state["params"], state["batch_stats"],
-                                              parallel.to_global_batch(batch, exp.mesh)))
+    batch = next(exp.eval_batches())
+    sums[name] = jax.device_get(exp.eval_step(state["params"], state["batch_stats"], batch))
   assert sums["data"]["num_examples"] == sums["towers"]["num_examples"] == 8
   np.testing.assert_allclose(sums["towers"]["loss"], sums["data"]["loss"], rtol=1e-5)
   assert sums["towers"]["top5"] == sums["data"]["top5"]
 
 
 def test_parameter_shardings_and_per_device_bytes():
-  mesh_2d = parallel.make_mesh(model_parallel=2)
-  mesh_1d = parallel.make_mesh()
+  mesh_2d = sharding.make_mesh(model_parallel=2)
+  mesh_1d = sharding.make_mesh()
   params = jax.eval_shape(lambda: models.init("paper", 0))
   total = models.count_params(params) * 4
 
   def sharded(mesh, **axes):
-    shardings = parallel.state_shardings({"params": params}, mesh, **axes)["params"]
-    return shardings, parallel.shard_bytes(params, shardings)
+    shardings = sharding.state_shardings({"params": params}, mesh, **axes)["params"]
+    return shardings, sharding.shard_bytes(params, shardings)
 
   towers, tower_bytes = sharded(mesh_2d, tower_axis="model")
   for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
@@ -130,7 +125,7 @@ def test_parameter_shardings_and_per_device_bytes():
 
   # An odd number of classes cannot be split over two towers: fc8 stays whole.
   odd = jax.eval_shape(lambda: models.init("paper", 0, num_classes=5))
-  odd_shardings = parallel.state_shardings({"params": odd}, mesh_2d, tower_axis="model")
+  odd_shardings = sharding.state_shardings({"params": odd}, mesh_2d, tower_axis="model")
   assert odd_shardings["params"]["fc8"]["kernel"].spec == P(None, None)
 
 
@@ -141,14 +136,14 @@ def test_parameter_shardings_and_per_device_bytes():
 ])
 def test_parallel_config_errors(model_parallel, devices, variant, message):
   with pytest.raises(ValueError, match=message):
-    parallel.check_parallel_config(model_parallel, devices, variant)
+    sharding.check_parallel_config(model_parallel, devices, variant)
 
 
 def test_fsdp_needs_a_dividing_device_count():
-  mesh = parallel.make_mesh(jax.devices()[:3])
+  mesh = sharding.make_mesh(jax.devices()[:3])
   params = jax.eval_shape(lambda: models.init("paper", 0))
   with pytest.raises(ValueError, match="parallel.fsdp=True shards fc7's kernel rows"):
-    parallel.state_shardings({"params": params}, mesh, fsdp_axis="data")
+    sharding.state_shardings({"params": params}, mesh, fsdp_axis="data")
 
 
 def test_experiment_refuses_towers_for_a_single_tower_variant():

@@ -101,3 +101,40 @@ def test_fashion_mnist_files_read_as_published():
 def test_missing_fashion_mnist_names_the_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="data.data_dir"):
     load_split(tmp_path, "train")
+
+
+def test_each_bad_record_counts_once_when_its_substitute_is_bad_too(caplog):
+  bad = {3, 4, 5, 11}  # 3's substitutes 4 and 5 are bad as well
+
+  def fails(record, rng):
+    if record in bad:
+      raise pipeline.SkippableRecordError(f"record {record} is corrupt")
+    return noisy(record, rng)
+
+  with caplog.at_level("WARNING"):
+    batches = _take(pipeline.train_dataset(Numbers(16), fails, seed=0, global_batch_size=8), 2)
+  assert sum(int(b["skipped"]) for b in batches) == len(bad)  # one epoch: each bad file once
+  warnings = [r.getMessage() for r in caplog.records if "unreadable record" in r.getMessage()]
+  assert len(warnings) == len(bad)
+
+
+def test_eval_padding_reuses_a_loaded_example_and_never_reads_again():
+  reads = []
+
+  def counting(record, rng):
+    reads.append(record)
+    return noisy(record, rng)
+
+  batches = list(pipeline.eval_dataset(Numbers(5), counting, global_batch_size=16))
+  assert sorted(reads) == list(range(5))  # 11 padding rows, no extra decode
+  assert int(batches[0]["mask"].sum()) == 5 and len(batches[0]["label"]) == 16
+
+
+def test_the_train_stream_resumes_by_step_alone():
+  # Element k is the batch of step k: slicing at the step is the whole resume state, for any
+  # worker or process count.
+  ds = pipeline.train_dataset(Numbers(50), noisy, seed=1, global_batch_size=4)
+  from_start = _take(ds, 7)
+  resumed = _take(ds[4:], 3)
+  for want, got in zip(from_start[4:], resumed):
+    np.testing.assert_array_equal(got["image"], want["image"])

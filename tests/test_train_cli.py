@@ -15,17 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.helpers import (device_env, eval_records, main_command, read_metrics, run_main,
-                           train_losses)
-
-SMALL = (
-    "--config.model.variant=d2l", "--config.model.num_classes=10",
-    "--config.model.in_channels=1", "--config.model.image_size=96",
-    "--config.model.init=xavier", "--config.data.mean=(0.,)", "--config.data.std=(255.,)",
-    "--config.data.num_train_examples=256", "--config.data.num_eval_examples=100",
-    "--config.batch_size=16", "--config.eval_batch_size=24", "--config.log_every_steps=1",
-    "--config.optimizer.learning_rate=0.01",
-)
+from tests.helpers import (SMALL, device_env, eval_records, main_command, read_metrics,
+                           run_main, train_losses)
 
 
 def _params(workdir, step):

@@ -1,71 +1,116 @@
-"""Data sources and the Grain pipelines that feed the trainer.
+"""Data sources and the Grain pipelines that feed the trainer: one split at a time.
 
-`create_datasets(config)` is the one entry point: it picks the source named by
-`config.data.source`, and returns the training and evaluation Grain datasets (this process's
-rows of every global batch, uint8 images) plus the facts the trainer needs about them.
-Normalization and any resize to `model.image_size` happen on the device (see train.py).
+Entry points (each builds only the split it is asked for, so `--mode=eval` never opens the
+training split):
+- `train_batches(config, mesh, start_step)`: global device batches of the training stream,
+  positioned at a step (the order is a function of `config.seed` and the step alone), loaded
+  ahead of the step and placed on the mesh (`data/device.py`), skipped records counted.
+- `eval_batches(config, mesh, ten_crop=None)`: one exact pass over the eval split.
+- `open_split(config, split)`: the source, transform and `DataInfo` of one split.
+
+Images stay uint8 from the source to the device; normalization and any resize to
+`model.image_size` happen in the jitted step (steps.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
-import grain
-
+from alexnet_jax.errors import UserError
 from alexnet_jax.data import pipeline
+
+SOURCES = ("synthetic", "fashion_mnist", "tfds", "folder", "auto")
+SPLITS = ("train", "eval")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataInfo:
-  num_train_examples: int
-  num_eval_examples: int
+  """What the trainer, the evaluation report and inference need to know about a source.
+
+  num_classes: labels are 0 .. num_classes - 1. channels: 1 (grey) or 3 (RGB) of the uint8
+  images. class_names: one per label, or None. has_crops: the eval transform cuts crops out of
+  a larger image (ImageNet), so the paper's 10-crop view exists (`data.ten_crop`).
+  """
   num_classes: int
   channels: int
   class_names: tuple[str, ...] | None = None
+  has_crops: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
-class SourceSpec:
-  """What a source module hands to the shared pipeline."""
+class Split:
+  """One split of a source: random access records, the per-example transform, and its facts."""
+  source: pipeline.RandomAccessSource
+  transform: pipeline.Transform
   info: DataInfo
-  train_source: pipeline.RandomAccessSource
-  train_transform: pipeline.Transform
-  eval_source: pipeline.RandomAccessSource
-  eval_transform: pipeline.Transform
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.source)
 
 
-@dataclasses.dataclass(frozen=True)
-class Datasets:
-  info: DataInfo
-  train: grain.MapDataset
-  eval: grain.MapDataset
-
-
-SOURCES = ("synthetic", "fashion_mnist", "tfds", "folder", "auto")
-
-
-def build_source(config: Any) -> SourceSpec:
-  name = config.data.source
+def _source_module(name: str):
   if name == "synthetic":
     from alexnet_jax.data import synthetic
-    return synthetic.build(config)
+    return synthetic
   if name == "fashion_mnist":
     from alexnet_jax.data import fashion_mnist
-    return fashion_mnist.build(config)
-  if name in ("tfds", "folder", "auto"):
-    from alexnet_jax.data import imagenet
-    return imagenet.build(config)
-  raise ValueError(f"data.source={name!r} is not one of {', '.join(map(repr, SOURCES))}.")
+    return fashion_mnist
+  from alexnet_jax.data import imagenet
+  if name in imagenet.SOURCE_NAMES:
+    return imagenet
+  raise UserError(f"data.source={name!r} is not one of {', '.join(map(repr, SOURCES))}.")
 
 
-def create_datasets(config: Any, process_index: int = 0, process_count: int = 1) -> Datasets:
-  spec = build_source(config)
-  train = pipeline.train_dataset(
-      spec.train_source, spec.train_transform, seed=config.seed,
-      global_batch_size=config.batch_size, process_index=process_index,
-      process_count=process_count)
-  evaluation = pipeline.eval_dataset(
-      spec.eval_source, spec.eval_transform, global_batch_size=config.eval_batch_size,
-      process_index=process_index, process_count=process_count)
-  return Datasets(info=spec.info, train=train, eval=evaluation)
+def open_split(config: Any, split: str, *, ten_crop: bool | None = None) -> Split:
+  """The `split` ('train' or 'eval') of `config.data.source`.
+
+  ten_crop: the eval view (None: `config.data.ten_crop`). Raises UserError for a missing or
+  malformed data directory or a config the source cannot serve.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"split={split!r} is not one of {SPLITS}")
+  if ten_crop is None:
+    ten_crop = bool(config.data.ten_crop)
+  return _source_module(config.data.source).build(config, split, ten_crop=ten_crop)
+
+
+def effective_eval_batch_size(requested: int, num_examples: int, multiple: int) -> int:
+  """The eval batch: `requested`, or less when the split is smaller, rounded up to `multiple`
+  (the device count) so it still divides over the devices. A 46-image split is never padded
+  to 256 rows."""
+  needed = math.ceil(num_examples / multiple) * multiple
+  return max(multiple, min(requested, needed))
+
+
+def train_batches(config: Any, mesh, *, start_step: int = 0, split: Split | None = None):
+  """The training stream from `start_step` on, as a `device.DeviceBatches` iterator."""
+  import jax
+
+  from alexnet_jax.data import device
+  split = split or open_split(config, "train")
+  dataset = pipeline.train_dataset(
+      split.source, split.transform, seed=config.seed, global_batch_size=config.batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  return device.DeviceBatches(dataset[start_step:], mesh, batch_size=config.batch_size,
+                              num_workers=config.data.num_workers,
+                              host_prefetch=config.data.prefetch_batches,
+                              device_prefetch=config.data.device_prefetch)
+
+
+def eval_batches(config: Any, mesh, *, split: Split | None = None, batch_size: int | None = None):
+  """One pass over the eval split as a `device.DeviceBatches` iterator (padded, masked)."""
+  import jax
+
+  from alexnet_jax.data import device
+  split = split or open_split(config, "eval")
+  batch_size = batch_size or effective_eval_batch_size(
+      config.eval_batch_size, split.num_examples, mesh.devices.size)
+  dataset = pipeline.eval_dataset(
+      split.source, split.transform, global_batch_size=batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  return device.DeviceBatches(dataset, mesh, batch_size=batch_size, num_workers=config.data.num_workers,
+                              host_prefetch=config.data.prefetch_batches,
+                              device_prefetch=config.data.device_prefetch)

@@ -13,7 +13,8 @@ import pathlib
 
 import numpy as np
 
-from alexnet_jax.data import DataInfo, SourceSpec
+from alexnet_jax.data import DataInfo, Split
+from alexnet_jax.errors import MissingFileError, UserError
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                "Sneaker", "Bag", "Ankle boot")
@@ -31,13 +32,13 @@ def read_idx(path: pathlib.Path, expected_magic: int) -> np.ndarray:
     data = f.read()
   magic = int.from_bytes(data[:4], "big")
   if magic != expected_magic:
-    raise ValueError(f"{path} is not an IDX file of the expected kind "
+    raise UserError(f"{path} is not an IDX file of the expected kind "
                      f"(magic {magic:#010x}, expected {expected_magic:#010x}).")
   ndim = magic & 0xFF
   dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
   payload = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
   if payload.size != int(np.prod(dims)):
-    raise ValueError(f"{path} is truncated: header says {dims}, found {payload.size} bytes.")
+    raise UserError(f"{path} is truncated: header says {dims}, found {payload.size} bytes.")
   return payload.reshape(dims)
 
 
@@ -45,14 +46,14 @@ def load_split(data_dir: pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarr
   image_file, label_file = (data_dir / name for name in FILES[split])
   for path in (image_file, label_file):
     if not path.exists():
-      raise FileNotFoundError(
+      raise MissingFileError(
           f"Fashion-MNIST file {path} not found. Set --config.data.data_dir to a folder holding "
           f"{', '.join(FILES['train'] + FILES['test'])} (a source checkout has them in "
           "data/fashion_mnist/).")
   images = read_idx(image_file, 0x00000803)[..., None]  # NHWC, one channel
   labels = read_idx(label_file, 0x00000801).astype(np.int32)
   if len(images) != len(labels):
-    raise ValueError(f"{image_file} has {len(images)} images but {label_file} has "
+    raise UserError(f"{image_file} has {len(images)} images but {label_file} has "
                      f"{len(labels)} labels.")
   return images, labels
 
@@ -80,15 +81,15 @@ def to_rgb_if_needed(channels: int):
   return transform
 
 
-def build(config) -> SourceSpec:
+def build(config, split: str, *, ten_crop: bool = False) -> Split:
+  """Fashion-MNIST's 'train' (60,000) or 'eval' (the 10,000 test images) split: uint8 28x28,
+  1 channel, or the grey channel repeated to 3 when model.in_channels=3."""
+  del ten_crop  # whole images: no crops
   data_dir = pathlib.Path(config.data.data_dir) if config.data.data_dir else REPO_COPY
   channels = config.model.in_channels
   if channels not in (1, 3):
-    raise ValueError(f"model.in_channels={channels}: Fashion-MNIST feeds 1 (grey) or 3 "
-                     "(grey repeated) channels.")
-  train = ArraySource(*load_split(data_dir, "train"))
-  test = ArraySource(*load_split(data_dir, "test"))
-  transform = to_rgb_if_needed(channels)
-  info = DataInfo(num_train_examples=len(train), num_eval_examples=len(test), num_classes=10,
-                  channels=channels, class_names=CLASS_NAMES)
-  return SourceSpec(info, train, transform, test, transform)
+    raise UserError(f"model.in_channels={channels}: Fashion-MNIST feeds 1 (grey) or 3 "
+                    "(grey repeated) channels.")
+  source = ArraySource(*load_split(data_dir, "train" if split == "train" else "test"))
+  info = DataInfo(num_classes=10, channels=channels, class_names=CLASS_NAMES)
+  return Split(source, to_rgb_if_needed(channels), info)

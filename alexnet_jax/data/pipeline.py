@@ -22,6 +22,8 @@ from typing import Any, Callable, Protocol, Sequence
 import grain
 import numpy as np
 
+from alexnet_jax.errors import UserError
+
 Example = dict[str, np.ndarray]
 # transform(record, rng) -> {'image': uint8 array, 'label': int}
 Transform = Callable[[Any, np.random.Generator], Example]
@@ -43,7 +45,7 @@ class SkippableRecordError(ValueError):
 
 def _rows_of_process(global_batch_size: int, process_index: int, process_count: int) -> slice:
   if global_batch_size % process_count:
-    raise ValueError(
+    raise UserError(
         f"batch size {global_batch_size} is not divisible by the number of processes "
         f"({process_count}); choose a multiple.")
   per_process = global_batch_size // process_count
@@ -72,9 +74,9 @@ class _LoadTrainRows:
     for position in positions:
       # One generator per (seed, batch, row): independent of workers and process count.
       rng = np.random.default_rng([self.seed, batch_index, position])
-      example, num_bad = _load_with_skips(
+      example, bad = _load_with_skips(
           self.source, self.transform, int(global_indices[position]), rng)
-      skipped += num_bad
+      skipped += bad
       examples.append(example)
     batch = _stack(examples)
     batch["skipped"] = np.asarray(skipped, np.int32)
@@ -82,14 +84,21 @@ class _LoadTrainRows:
 
 
 def _load_with_skips(source, transform, index, rng, max_tries: int = 100):
-  """transform(source[index]); on a bad record, moves on to the next index and counts it."""
+  """(transform(source[index]), 1 if record `index` was unreadable else 0).
+
+  An unreadable record is replaced by the next readable one. Only the record's own failure
+  is counted and logged: a substitute that is also unreadable is passed over silently here,
+  because it is counted and logged when the stream reaches its own index. So every bad file
+  counts once per read of its index, whatever its neighbours are.
+  """
   n = len(source)
   for attempt in range(max_tries):
     i = (index + attempt) % n
     try:
-      return transform(source[i], rng), attempt
+      return transform(source[i], rng), int(attempt > 0)
     except SkippableRecordError as e:
-      logging.warning("skipping unreadable record %s: %s", i, e)
+      if attempt == 0:
+        logging.warning("skipping unreadable record %s: %s", i, e)
   raise RuntimeError(
       f"{max_tries} consecutive records from index {index} could not be read; "
       "the dataset looks corrupt.")
@@ -110,12 +119,17 @@ class _LoadEvalRows:
     rng = np.random.default_rng(0)  # eval transforms are deterministic; the rng is unused.
     for row in range(self.global_batch_size)[self.rows]:
       position = batch_index * self.global_batch_size + row
-      # Padding rows repeat a real example (shapes stay right) and are masked out.
-      example, num_bad = _load_with_skips(self.source, self.transform, position % n, rng)
-      valid = position < n and num_bad == 0
-      skipped += num_bad if position < n else 0
+      if position >= n and examples:
+        # Padding rows repeat an example already loaded (shapes stay right; no re-decode,
+        # no repeated warning) and are masked out.
+        examples.append(examples[-1])
+        mask.append(False)
+        continue
+      example, bad = _load_with_skips(self.source, self.transform, position % n, rng)
+      real = position < n
+      skipped += bad if real else 0
       examples.append(example)
-      mask.append(valid)
+      mask.append(real and not bad)
     batch = _stack(examples)
     batch["mask"] = np.asarray(mask, np.bool_)
     batch["skipped"] = np.asarray(skipped, np.int32)
@@ -125,9 +139,10 @@ class _LoadEvalRows:
 def train_dataset(source: RandomAccessSource, transform: Transform, *, seed: int,
                   global_batch_size: int, process_index: int = 0,
                   process_count: int = 1) -> grain.MapDataset:
-  """Endless dataset of this process's share of each global training batch."""
+  """Endless dataset of this process's share of each global training batch; element k is the
+  batch of step k (slice it, `dataset[step:]`, to resume: no iterator state is needed)."""
   if len(source) < global_batch_size:
-    raise ValueError(
+    raise UserError(
         f"the training split has {len(source)} examples, fewer than one batch "
         f"(batch_size={global_batch_size}).")
   rows = _rows_of_process(global_batch_size, process_index, process_count)
@@ -147,7 +162,8 @@ def eval_dataset(source: RandomAccessSource, transform: Transform, *, global_bat
 
 def to_iterator(dataset: grain.MapDataset, *, num_workers: int,
                 prefetch_batches: int) -> grain.DatasetIterator:
-  """An iterator whose get_state/set_state Orbax stores in every checkpoint."""
+  """Host batches (numpy) of `dataset`, loaded by `num_workers` processes: for benchmarks and
+  tools that read batches on the host. The trainer uses `data.device.DeviceBatches`."""
   iter_ds = dataset.to_iter_dataset(
       grain.ReadOptions(num_threads=max(1, prefetch_batches), prefetch_buffer_size=prefetch_batches))
   if num_workers > 0:

@@ -1,31 +1,62 @@
-"""Random uint8 images and labels, deterministic by seed: smoke tests and benchmarks."""
+"""Random uint8 images and labels, deterministic by seed: smoke tests and benchmarks.
+
+Examples come from a fixed pool of `data.synthetic_pool_size` pre-generated images (example i
+is pool image i mod pool size, with its own label), so reading one costs a copy, not a random
+number generator: the synthetic source measures the trainer, not numpy's RNG.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
-from alexnet_jax.data import DataInfo, SourceSpec
+from alexnet_jax.data import DataInfo, Split
+
+# Seeds of the two splits, offset from config.seed so that train and eval images differ.
+_SPLIT_SEED_OFFSET = {"train": 0, "eval": 1}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class SyntheticSource:
-  """Example i is generated from (seed, i), so it is the same every time it is read."""
+  """Example i: pool image (i mod pool_size) and label drawn from (seed, i); always the same.
+
+  The pool is made on first access in each process (a Grain worker makes its own, equal one),
+  so the source pickles small.
+  """
   num_examples: int
   image_shape: tuple[int, int, int]
   num_classes: int
   seed: int
+  pool_size: int = 256
 
   def __len__(self) -> int:
     return self.num_examples
 
+  def _pool(self) -> tuple[np.ndarray, np.ndarray]:
+    pool = self.__dict__.get("_cached_pool")
+    if pool is None:
+      rng = np.random.default_rng([self.seed, 0x5EED])
+      size = max(1, min(self.pool_size, self.num_examples))
+      images = rng.integers(0, 256, (size,) + tuple(self.image_shape), dtype=np.uint8)
+      labels = np.random.default_rng([self.seed, 1]).integers(
+          self.num_classes, size=self.num_examples).astype(np.int32)
+      pool = (images, labels)
+      object.__setattr__(self, "_cached_pool", pool)  # frozen dataclass: a cache, not state
+    return pool
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {k: v for k, v in self.__dict__.items() if k != "_cached_pool"}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state)
+
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     if not 0 <= index < self.num_examples:
       raise IndexError(index)
-    rng = np.random.default_rng([self.seed, index])
-    image = rng.integers(0, 256, self.image_shape, dtype=np.uint8)
-    return {"image": image, "label": np.int32(rng.integers(self.num_classes))}
+    images, labels = self._pool()
+    return {"image": images[index % len(images)], "label": labels[index]}
 
 
 def _identity(record, rng):
@@ -33,12 +64,15 @@ def _identity(record, rng):
   return record
 
 
-def build(config) -> SourceSpec:
+def build(config, split: str, *, ten_crop: bool = False) -> Split:
+  """The synthetic `split` ('train': data.num_train_examples, 'eval': data.num_eval_examples)
+  of uint8 images (model.image_size, model.image_size, model.in_channels)."""
+  del ten_crop  # whole images: no crops
   size = config.model.image_size
   shape = (size, size, config.model.in_channels)
-  classes = config.model.num_classes
-  train = SyntheticSource(config.data.num_train_examples, shape, classes, config.seed)
-  evaluation = SyntheticSource(config.data.num_eval_examples, shape, classes, config.seed + 1)
-  info = DataInfo(num_train_examples=len(train), num_eval_examples=len(evaluation),
-                  num_classes=classes, channels=config.model.in_channels)
-  return SourceSpec(info, train, _identity, evaluation, _identity)
+  count = config.data.num_train_examples if split == "train" else config.data.num_eval_examples
+  source = SyntheticSource(count, shape, config.model.num_classes,
+                           config.seed + _SPLIT_SEED_OFFSET[split],
+                           config.data.synthetic_pool_size)
+  info = DataInfo(num_classes=config.model.num_classes, channels=config.model.in_channels)
+  return Split(source, _identity, info)

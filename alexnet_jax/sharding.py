@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from alexnet_jax import models
+from alexnet_jax.errors import UserError
 
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
@@ -30,13 +31,13 @@ MODEL_PARALLEL_SIZES = (1, models.PAPER_TOWERS)
 def check_parallel_config(model_parallel: int, num_devices: int, variant: str | None = None) -> None:
   """One clear error for a `parallel.model` the devices or the model cannot take."""
   if isinstance(model_parallel, bool) or model_parallel not in MODEL_PARALLEL_SIZES:
-    raise ValueError(f"parallel.model={model_parallel!r} is not one of 1 (data parallelism) "
+    raise UserError(f"parallel.model={model_parallel!r} is not one of 1 (data parallelism) "
                      f"or {models.PAPER_TOWERS} (the paper's two towers on two devices).")
   if num_devices % model_parallel:
-    raise ValueError(f"parallel.model={model_parallel} does not divide the {num_devices} "
+    raise UserError(f"parallel.model={model_parallel} does not divide the {num_devices} "
                      f"devices; use parallel.model=1 or an even device count.")
   if model_parallel > 1 and variant is not None and variant not in models.TWO_TOWER_VARIANTS:
-    raise ValueError(f"parallel.model={model_parallel} splits the two towers of the paper's "
+    raise UserError(f"parallel.model={model_parallel} splits the two towers of the paper's "
                      f"network over devices; model.variant={variant!r} has no towers. Use "
                      f"model.variant in {models.TWO_TOWER_VARIANTS} or parallel.model=1.")
 
@@ -110,7 +111,7 @@ def param_spec(layer: str, kind: str, shape: tuple[int, ...], mesh: Mesh, *,
   if fsdp_axis is not None and layer in models.FSDP_LAYERS and kind == "kernel":
     size = dict(zip(mesh.axis_names, mesh.devices.shape))[fsdp_axis]
     if shape[0] % size:
-      raise ValueError(
+      raise UserError(
           f"parallel.fsdp=True shards {layer}'s kernel rows ({shape[0]}) over the {size} "
           f"devices of the '{fsdp_axis}' axis, which do not divide them; use a device count "
           f"that does, or parallel.fsdp=False.")
@@ -153,7 +154,10 @@ def shard_bytes(tree: Any, shardings: Any) -> int:
 
 
 def to_host(tree: Any) -> Any:
-  """Whole values as numpy arrays, whatever the sharding (also across processes)."""
+  """Whole values of a tree of (possibly sharded) arrays as numpy arrays, same shapes and
+  dtypes. Replicated and fully addressable arrays are copied from this process's devices; an
+  array spread over several processes is gathered (multihost_utils.process_allgather,
+  tiled=True), so then every process must call it. Non-jax leaves go through np.asarray."""
   def fetch(x):
     if not isinstance(x, jax.Array):
       return np.asarray(x)
@@ -177,7 +181,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch_size(name: str, global_batch_size: int, mesh: Mesh) -> None:
   devices = mesh.devices.size
   if global_batch_size % devices:
-    raise ValueError(
+    raise UserError(
         f"{name}={global_batch_size} is not divisible by the {devices} devices of the mesh; "
         f"use a multiple of {devices}.")
 

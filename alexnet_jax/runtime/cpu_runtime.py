@@ -1,4 +1,5 @@
-"""Process settings that make XLA:CPU train faster; applied before JAX creates its backends.
+"""Process settings that make XLA:CPU train faster; applied before JAX creates its backends,
+and only when that backend will be the CPU (`will_use_cpu_backend`): never on a GPU/TPU host.
 
 Two measured costs of XLA:CPU on Linux, both outside the model (docs/model.md, "Process
 settings"):
@@ -17,8 +18,16 @@ settings"):
    the jaxlib versions and the processor family (x86-64) it was measured on.
 
 Both only change speed, never values beyond float rounding. `configure()` is called by the
-command-line entry points before anything touches a JAX backend; `config.cpu_runtime_tuning =
-False` (or ALEXNET_JAX_CPU_RUNTIME_TUNING=0) leaves the process as it was.
+command-line entry points before anything touches a JAX backend. The allocator setting is on by
+default (`config.cpu_runtime_tuning`; ALEXNET_JAX_CPU_RUNTIME_TUNING=0 also turns it off); the
+convolution flag only with `config.cpu_eigen_convolutions=True`: it raised peak memory about
+2.7x (4.4 vs 1.6 GB for a 3-step paper run) and XLA rejects it for the two-tower layout
+(parallel.model=2: "Instruction with unsupported layout in YNN fusion").
+
+How the backend is known before it starts: JAX_PLATFORMS, when set, names it (its first
+entry); otherwise JAX picks an accelerator whenever a GPU or TPU plugin is installed
+(jax-cuda*-plugin, jax-rocm*-plugin, libtpu), so the CPU is assumed only without one. A plugin
+that finds no device makes JAX fall back to the CPU untuned: slower, never wrong.
 """
 
 from __future__ import annotations
@@ -46,6 +55,23 @@ GLIBC_KEEP_FREED_MEMORY = (
     (-4, "MALLOC_MMAP_MAX_", 0),  # M_MMAP_MAX
     (-1, "MALLOC_TRIM_THRESHOLD_", 2**31 - 1),  # M_TRIM_THRESHOLD
 )
+
+
+# Distributions that give JAX a non-CPU backend (checked by name prefix).
+ACCELERATOR_PLUGINS = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu")
+
+
+def will_use_cpu_backend(environ=os.environ) -> bool:
+  """Whether JAX's default backend will be the CPU, decided before any backend starts."""
+  platforms = environ.get("JAX_PLATFORMS", "").strip()
+  if platforms:
+    return platforms.split(",")[0].strip().lower() == "cpu"
+  from importlib import metadata
+  for dist in metadata.distributions():
+    name = (dist.metadata.get("Name") or "").lower()
+    if name.startswith(ACCELERATOR_PLUGINS):
+      return False
+  return True
 
 
 def backends_started() -> bool:
@@ -94,14 +120,17 @@ def add_xla_cpu_flags(environ=os.environ) -> list[str]:
   return added
 
 
-def configure(enabled: bool = True) -> list[str]:
-  """Apply both settings if enabled and not opted out. Returns a line per setting applied."""
-  if not enabled or os.environ.get(OPT_OUT_ENV, "1").lower() in ("0", "false", "no"):
+def configure(enabled: bool = True, eigen_convolutions: bool = False,
+              environ=os.environ) -> list[str]:
+  """Apply the settings when the backend will be the CPU and they are enabled (not opted out).
+  Returns one line per setting applied, or one line saying why none was."""
+  if not enabled or environ.get(OPT_OUT_ENV, "1").lower() in ("0", "false", "no"):
     return []
+  if not will_use_cpu_backend(environ):
+    return ["none: the JAX backend will be an accelerator (these settings are for XLA:CPU)"]
   applied = []
   if keep_freed_memory():
     applied.append("glibc keeps freed memory (no per-step page faults)")
-  if backends_started():
-    return applied  # too late for XLA flags; they are read when the backend starts
-  applied += [f"XLA_FLAGS += {flag}" for flag in add_xla_cpu_flags()]
+  if eigen_convolutions and not backends_started():  # XLA reads its flags at backend start
+    applied += [f"XLA_FLAGS += {flag}" for flag in add_xla_cpu_flags(environ)]
   return applied

@@ -1,0 +1,100 @@
+"""Host batches to global device batches, ahead of the step, with skip accounting.
+
+Each process loads its own rows of every global batch (pipeline.py); here they become one
+`jax.Array` per key, sharded over the mesh's 'data' axis, before the step asks for them:
+Grain's thread prefetch (`grain.experimental.ThreadPrefetchIterDataset`) keeps
+`host_prefetch` batches loaded and `device_prefetch` batches already transferred, so the
+host-to-device copy of batch k+1 overlaps step k.
+
+The trainer and the evaluation read `skipped` (unreadable records replaced in the batches
+handed out so far, this process only) instead of popping it from the batch themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Iterator
+
+import grain
+import numpy as np
+from grain import experimental as grain_experimental
+
+from alexnet_jax import sharding
+
+SKIPPED_KEY = "skipped"
+
+
+# How often a Grain worker checks that the trainer that started it is still alive (seconds).
+PARENT_POLL_S = 1.0
+
+
+def _watch_parent() -> None:
+  parent = os.getppid()
+  while True:
+    time.sleep(PARENT_POLL_S)
+    if os.getppid() != parent:  # re-parented: the trainer is gone (kill -9, OOM killer)
+      os._exit(1)
+
+
+def exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """Grain `worker_init_fn`: the worker exits within PARENT_POLL_S of its parent's death
+  instead of living on, re-parented to PID 1, with its memory and /dev/shm segments."""
+  del worker_index, worker_count
+  threading.Thread(target=_watch_parent, name="exit-with-parent", daemon=True).start()
+
+
+class _ToDevice:
+  """Picklable map: host batch -> (global device batch, skipped count of its rows)."""
+
+  def __init__(self, mesh):
+    self.mesh = mesh
+
+  def __call__(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, Any], int]:
+    batch = dict(batch)
+    skipped = int(batch.pop(SKIPPED_KEY, 0))
+    return sharding.to_global_batch(batch, self.mesh), skipped
+
+
+class DeviceBatches(Iterator[dict[str, Any]]):
+  """Iterator of global batches {'image': uint8 (B, H, W, C) or (B, crops, H, W, C),
+  'label': int32 (B,), ['mask': bool (B,)]}, B the global batch size, sharded over 'data'.
+
+  dataset: a Grain MapDataset of this process's rows of each global batch (pipeline.py).
+  num_workers: Grain worker processes (0: load in this process). host_prefetch: batches
+  loaded ahead; device_prefetch: batches already on the devices (0: transfer on demand).
+  """
+
+  def __init__(self, dataset: grain.MapDataset, mesh, *, batch_size: int, num_workers: int,
+               host_prefetch: int, device_prefetch: int):
+    self.batch_size = batch_size  # global
+    self._length = len(dataset)
+    iter_ds = dataset.to_iter_dataset(grain.ReadOptions(
+        num_threads=max(1, host_prefetch), prefetch_buffer_size=host_prefetch))
+    if num_workers > 0:
+      iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                                    worker_init_fn=exit_with_parent)
+    iter_ds = iter_ds.map(_ToDevice(mesh))
+    if device_prefetch > 0:
+      iter_ds = grain_experimental.ThreadPrefetchIterDataset(
+          iter_ds, prefetch_buffer_size=device_prefetch)
+    self._iterator = iter(iter_ds)
+    self.skipped = 0  # unreadable records replaced in the batches returned so far
+    self.batches = 0
+
+  def __len__(self) -> int:
+    """Batches in the pass (an endless training stream: sys.maxsize)."""
+    return self._length
+
+  def __next__(self) -> dict[str, Any]:
+    batch, skipped = next(self._iterator)
+    self.skipped += skipped
+    self.batches += 1
+    return batch
+
+  def close(self) -> None:
+    """Stops worker processes and prefetch threads now rather than at garbage collection."""
+    close = getattr(self._iterator, "close", None)
+    if close is not None:
+      close()

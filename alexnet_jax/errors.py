@@ -1,0 +1,24 @@
+"""The one error class for mistakes a user can make and fix.
+
+`UserError` carries one sentence that says what is wrong, where (the config field, file or
+directory) and what to do. `main` and the tools print it without a traceback and exit with a
+non-zero status (2 for command-line usage, 1 otherwise). Anything else is an internal error:
+it keeps its traceback, and the command line says how to report it.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+  """A mistake in the user's input (config value, data directory, checkpoint, file).
+
+  Subclasses ValueError so that code which validated with ValueError keeps catching it.
+  """
+
+
+class UsageError(UserError):
+  """A wrong command line (unknown config file or field, bad flag): exit status 2."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+  """A file or directory the user named (data_dir, workdir, checkpoint) does not exist."""

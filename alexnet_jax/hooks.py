@@ -1,0 +1,192 @@
+"""What the training loop does besides stepping: stop requests, the metric meter, the checks
+that read the metrics (divergence, stall, unreadable records), and the periodic actions.
+
+Each periodic action is a small function of (step, state) called by train.py at its cadence;
+they share no state except through the arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from alexnet_jax import optim, sharding
+from alexnet_jax.errors import UserError
+
+# Past this many records read, more than data.max_skip_fraction unreadable ones stops the run
+# (a smaller sample says too little: one bad file in the first batch is not a broken dataset).
+MIN_RECORDS_FOR_SKIP_CHECK = 1000
+# Steps dispatched ahead of the host: the loop waits for step k-2 before queueing step k+1, so
+# a stop request takes effect within two steps and host memory stays bounded, while the
+# device always has the next step queued.
+MAX_STEPS_IN_FLIGHT = 2
+# The train loss counts as "at chance" within this fraction of ln(num_classes).
+STALL_TOLERANCE = 0.01
+
+
+class TrainingDiverged(UserError):
+  """The loss or the gradient became NaN or infinite."""
+
+
+class StopRequest:
+  """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and returns.
+
+  A second SIGINT (Ctrl-C twice) stops at once with a one-line message (no traceback).
+  """
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    logging.warning("Received %s: stopping after this step and saving a checkpoint.",
+                    signal.Signals(signum).name)
+
+  def requested(self, step: int, every: int) -> bool:
+    """Whether to stop after `step`. One process: the local flag, every step (no device
+    sync). Several processes: agreed at every `every`-th step only (one small all-gather),
+    since every process must stop at the same step or the next collective hangs."""
+    local = self.signum is not None
+    if jax.process_count() == 1:
+      return local
+    if step % every:
+      return False
+    return bool(multihost_utils.process_allgather(np.int32(local)).max())
+
+  def restore_handlers(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class TrainMeter:
+  """Step metrics kept on the device until the loop reads them (at a log line or before a
+  save), then averaged; `images_per_sec` leaves out the first (compiling) step."""
+
+  def __init__(self):
+    self._pending: list[tuple[int, dict[str, jax.Array]]] = []
+    self._since: float | None = None
+    self._timed_steps = 0
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    """Records the metrics of `step` (the step just dispatched; 1-based)."""
+    self._pending.append((step, metrics))
+    if self._since is None:
+      jax.block_until_ready(metrics)  # the first step includes compilation: not timed
+      self._since = time.time()
+    else:
+      self._timed_steps += 1
+      if len(self._pending) > MAX_STEPS_IN_FLIGHT:
+        jax.block_until_ready(self._pending[-1 - MAX_STEPS_IN_FLIGHT][1]["loss"])
+
+  def check_finite(self) -> None:
+    """Raises TrainingDiverged naming the first step whose loss or gradient norm is not
+    finite. Fetches the pending scalars (a sync; called at log lines and before saves)."""
+    fetched = jax.device_get([(step, m["loss"], m["grad_norm"]) for step, m in self._pending])
+    for step, loss, grad_norm in fetched:
+      if not (math.isfinite(float(loss)) and math.isfinite(float(grad_norm))):
+        what = "loss" if not math.isfinite(float(loss)) else "gradient norm"
+        raise TrainingDiverged(
+            f"The training {what} became {float(loss if what == 'loss' else grad_norm)} at "
+            f"step {step}: the run diverged. Lower --config.optimizer.learning_rate, add "
+            "warm-up (--config.schedule.warmup_epochs), or check the input normalization; "
+            "checkpoints before this step are kept and no later one was written.")
+
+  def summary(self, batch_size: int) -> dict[str, float]:
+    """Averages since the last summary: train/loss, top1, top5, grad_norm; last lr;
+    images_per_sec (global images per second of wall time)."""
+    fetched = jax.device_get([m for _, m in self._pending])
+    now = time.time()
+    out = {f"train/{k}": float(np.mean([m[k] for m in fetched]))
+           for k in ("loss", "top1", "top5", "grad_norm")}
+    out["train/lr"] = float(fetched[-1]["lr"])
+    if self._timed_steps > 0:
+      out["train/images_per_sec"] = self._timed_steps * batch_size / max(now - self._since, 1e-9)
+    self._pending, self._since, self._timed_steps = [], now, 0
+    return out
+
+
+class StallWatch:
+  """Warns once when the logged train loss stays within STALL_TOLERANCE of chance,
+  ln(num_classes), for `steps` steps after `warmup_steps` (steps <= 0: never)."""
+
+  def __init__(self, num_classes: int, steps: int, warmup_steps: int):
+    self.chance = math.log(num_classes)
+    self.steps = steps
+    self.warmup_steps = warmup_steps
+    self._since: int | None = None
+    self.warned = False
+
+  def update(self, step: int, loss: float) -> str | None:
+    """The warning text the first time the stall lasts `steps` steps, else None."""
+    if self.steps <= 0 or self.warned or step <= self.warmup_steps:
+      return None
+    if abs(loss - self.chance) > STALL_TOLERANCE * self.chance:
+      self._since = None
+      return None
+    if self._since is None:
+      self._since = step
+      return None
+    if step - self._since < self.steps:
+      return None
+    self.warned = True
+    return (f"The train loss has stayed at chance ({loss:.3f} vs ln({round(math.exp(self.chance))})"
+            f" = {self.chance:.3f}) from step {self._since} to {step}: the net is not learning. "
+            "Likely causes: initial weights or biases too large or too small "
+            "(--config.model.init=caffe), a learning rate too high or too low "
+            "(--config.optimizer.learning_rate), inputs not normalized (--config.data.mean, "
+            "--config.data.std), labels that do not match the images.")
+
+
+def check_skips(max_skip_fraction: float, skipped: int, records: int) -> None:
+  """Raises UserError when more than `max_skip_fraction` of `records` (global counts) were
+  unreadable, once at least MIN_RECORDS_FOR_SKIP_CHECK were read."""
+  if records >= MIN_RECORDS_FOR_SKIP_CHECK and skipped > max_skip_fraction * records:
+    raise UserError(
+        f"{skipped} of {records} training records could not be read, more than "
+        f"data.max_skip_fraction={max_skip_fraction}. The skipped files are named in "
+        "the log above; repair or remove them, or raise --config.data.max_skip_fraction. "
+        "Checkpoints and metrics written so far are kept.")
+
+
+def global_sum(value: int) -> int:
+  """Sum of a host integer over all processes (every process must call it)."""
+  if jax.process_count() == 1:
+    return int(value)
+  return int(multihost_utils.process_allgather(np.int64(value)).sum())
+
+
+def update_plateau(config: Any, mesh, state: Any, top1: float, log) -> Any:
+  """The paper's rule after an evaluation: the state with its schedule scale updated
+  (schedule.name='plateau'; otherwise unchanged)."""
+  sched = config.schedule
+  if sched.name != "plateau":
+    return state
+  rule = optim.Plateau(sched.factor, sched.patience, sched.max_reductions, sched.min_delta)
+  current = {k: float(v) for k, v in jax.device_get(state["schedule"]).items()}
+  updated, reduced = rule.update(current, top1)
+  if reduced:
+    log(f"eval/top1 has not improved for {sched.patience} evaluations: learning rate "
+        f"scaled by {sched.factor} (reduction {int(updated['reductions'])} of "
+        f"{sched.max_reductions}).")
+  new_schedule = {k: np.float32(v) for k, v in updated.items()}
+  return dict(state, schedule=sharding.replicate(new_schedule, mesh))
+
+
+def filters_image(variant: str, conv1_kernel: Any):
+  """conv1's filters as one (H, W, C) picture in [0, 1], the two towers side by side; every
+  process must call it (the kernel may be split over processes)."""
+  from alexnet_jax.tools import interpret
+  kernel = sharding.to_host(conv1_kernel)
+  return interpret.conv1_filter_grid(kernel, interpret.towers_of(variant))
