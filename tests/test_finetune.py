@@ -16,7 +16,10 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import checkpoint as ckpt_lib, config_base, finetune, models, optim
+from alexnet_jax import checkpoint as ckpt_lib, config_base, models, optim
+from alexnet_jax.errors import UserError
+from alexnet_jax.tools import cli, export
+from alexnet_jax.transfer import finetune
 
 try:  # tests/ on sys.path (pytest's default): the same module, so one shared run per session
   import test_predict as shared
@@ -84,7 +87,7 @@ def test_torchvision_file_is_read_exactly(pth):
 
 
 def test_user_mistakes_are_one_clear_sentence(pth, source_run, tmp_path):
-  with pytest.raises(FileNotFoundError, match="init_from='.*nowhere.pth' does not exist"):
+  with pytest.raises(UserError, match="init_from='.*nowhere.pth' does not exist"):
     finetune.load_pretrained(str(tmp_path / "nowhere.pth"), TORCHVISION_10)
   d2l = models.default_model_config("d2l")
   with pytest.raises(ValueError, match="torchvision AlexNet weights but model.variant='d2l'"):
@@ -140,9 +143,10 @@ def test_fine_tune_run_keeps_frozen_layers_bit_identical(source_run, tmp_path):
   run = tmp_path / "finetune"
   shared.train_tiny_run(run, init_from=str(source_run), reinit="fc8", freeze="^conv",
                         eval_at_end=False, **{"model.num_classes": 5, "eval_every_steps": 100})
-  before, _, _ = finetune.read_checkpoint(source_run)
-  after, meta, step = finetune.read_checkpoint(run)
-  assert step == 2 and meta["model"]["num_classes"] == 5
+  before = ckpt_lib.read_for_inference(source_run).params
+  restored = ckpt_lib.read_for_inference(run)
+  after = restored.params
+  assert restored.step == 2 and restored.meta["model"]["num_classes"] == 5
   for layer in ("conv1", "conv2", "conv3", "conv4", "conv5"):
     for name in ("kernel", "bias"):  # bit-identical: no update, no weight decay
       np.testing.assert_array_equal(after[layer][name], before[layer][name])
@@ -161,10 +165,54 @@ def test_restoring_into_another_head_without_reinit_is_an_error(source_run):
 def test_export_then_init_from_the_file_round_trips(source_run, tmp_path):
   pytest.importorskip("torch")  # .pth files are written and read with torch
   out = tmp_path / "exported.pth"
-  assert finetune.main([f"--workdir={source_run}", f"--export_torchvision={out}"]) == 0
-  params, meta, _ = finetune.read_checkpoint(source_run)
-  again = finetune.load_pretrained(str(out), meta["model"])
-  assert tree_equal(again.params, params)
+  args = [f"--workdir={source_run}", f"--export_torchvision={out}"]
+  assert cli.call(export.define_flags, export.main, args) == 0
+  restored = ckpt_lib.read_for_inference(source_run)
+  again = finetune.load_pretrained(str(out), restored.meta["model"])
+  assert tree_equal(again.params, restored.params)
+
+
+def test_export_command_line_keeps_its_old_name(source_run, tmp_path):
+  import subprocess
+  import sys
+  help_text = subprocess.run([sys.executable, "-m", "alexnet_jax.finetune", "--help"],
+                             capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert "--export_torchvision" in help_text.stdout  # absl's --help exits with status 1
+  missing = subprocess.run([sys.executable, "-m", "alexnet_jax.finetune",
+                            f"--workdir={source_run}"],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert missing.returncode == 2 and "--export_torchvision" in missing.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoint.py's readers
+
+
+def test_resolve_accepts_a_run_its_checkpoints_or_one_step(source_run):
+  directory = source_run / "checkpoints"
+  assert ckpt_lib.resolve(source_run) == (directory, 2)
+  assert ckpt_lib.resolve(directory, -1) == (directory, 2)
+  assert ckpt_lib.resolve(directory / "2") == (directory, 2)
+  assert ckpt_lib.resolve(source_run, 2) == (directory, 2)
+
+
+def test_resolve_errors_are_one_sentence(source_run, tmp_path):
+  with pytest.raises(UserError, match="nowhere does not exist"):
+    ckpt_lib.resolve(tmp_path / "nowhere")
+  with pytest.raises(UserError, match="No checkpoints in"):
+    ckpt_lib.resolve(tmp_path)
+  with pytest.raises(UserError, match="step 7 is not in .*; available steps: 2"):
+    ckpt_lib.resolve(source_run, 7)
+  with pytest.raises(UserError, match="checkpoint of step 2, not step 3"):
+    ckpt_lib.resolve(source_run / "checkpoints" / "2", 3)
+
+
+def test_read_for_inference_gives_numpy_trees(source_run):
+  restored = ckpt_lib.read_for_inference(source_run)
+  assert restored.step == 2 and restored.directory == source_run / "checkpoints"
+  assert restored.meta["model"]["variant"] == "d2l" and restored.batch_stats == {}
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(restored.params))
+  assert restored.params["fc8"]["kernel"].shape == (4096, 10)
 
 
 def test_the_fine_tune_config():

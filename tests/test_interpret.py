@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import interpret, models
+from alexnet_jax import models
+from alexnet_jax.tools import interpret
 
 RNG = np.random.default_rng(0)
 

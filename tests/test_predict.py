@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import config_base, experiment, predict, train
-from alexnet_jax.data import fashion_mnist, imagenet
+from alexnet_jax import config_base, experiment, train
+from alexnet_jax.data import fashion_mnist, imagenet, inference, transforms
+from alexnet_jax.tools import predict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -131,9 +132,10 @@ def images(tmp_path_factory):
 def test_recorded_preprocessing_round_trips(fashion_run):
   workdir, config = fashion_run
   loaded = predict.load_model_from_workdir(workdir)
-  assert loaded.preprocessing == predict.Preprocessing(
-      source="fashion_mnist", mean=tuple(config.data.mean), std=tuple(config.data.std),
-      image_size=config.model.image_size, resize_size=config.data.resize_size, channels=1)
+  assert loaded.preprocessing == {
+      "source": "fashion_mnist", "mean": list(config.data.mean), "std": list(config.data.std),
+      "image_size": config.model.image_size, "resize_size": config.data.resize_size}
+  assert loaded.channels == 1
   assert loaded.model_config["variant"] == "d2l"
   assert loaded.class_names == fashion_mnist.CLASS_NAMES
 
@@ -165,17 +167,37 @@ def test_batches_give_the_same_answers_as_one_by_one(fashion_run, images):
 
 def test_each_source_is_preprocessed_its_own_way(tmp_path):
   path = write_image(tmp_path / "wide.png", 300, 200)
-  paper = predict.Preprocessing("folder", config_base.IMAGENET_MEAN_RGB, (1.0, 1.0, 1.0), 224,
-                                256, 3)
-  assert paper.load(path).shape == (224, 224, 3)
-  torchvision = predict.Preprocessing.torchvision()
-  assert (torchvision.resize_size, torchvision.image_size) == (256, 224)
-  assert torchvision.std == config_base.TORCHVISION_STD_RGB
-  grey = predict.Preprocessing("fashion_mnist", (0.0,), (255.0,), 112, 256, 1)
-  assert grey.load(path).shape == (28, 28, 1)
-  repeated = predict.Preprocessing("fashion_mnist", (0.0,) * 3, (1.0,) * 3, 112, 256, 3)
-  out = repeated.load(path)
+  paper = {"source": "folder", "mean": list(config_base.IMAGENET_MEAN_RGB),
+           "std": [1.0, 1.0, 1.0], "image_size": 224, "resize_size": 256}
+  out = inference.load_image(path, paper, 3)
+  # Exactly the ImageNet eval transform, not a copy of it.
+  want = transforms.CentreCropTransform(224, 256)(
+      {"image": path.read_bytes(), "label": 0, "file_name": str(path)}, None)["image"]
+  assert out.dtype == np.uint8 and np.array_equal(out, want)
+  torchvision = inference.torchvision_preprocessing()
+  assert (torchvision["resize_size"], torchvision["image_size"]) == (256, 224)
+  assert tuple(torchvision["std"]) == config_base.TORCHVISION_STD_RGB
+  assert inference.torchvision_preprocessing(112)["resize_size"] == 128
+  grey = {"source": "fashion_mnist", "mean": [0.0], "std": [255.0], "image_size": 112,
+          "resize_size": 256}
+  assert inference.load_image(path, grey, 1).shape == (28, 28, 1)
+  out = inference.load_image(path, grey, 3)
   assert out.shape == (28, 28, 3) and np.array_equal(out[..., 0], out[..., 2])
+  synthetic = {**grey, "source": "synthetic", "image_size": 65}
+  assert inference.load_image(path, synthetic, 3).shape == (65, 65, 3)
+  assert inference.load_image(path, synthetic, 1).shape == (65, 65, 1)
+
+
+def test_unreadable_images_are_user_errors(tmp_path):
+  from alexnet_jax.errors import UserError
+  bad = tmp_path / "bad.jpg"
+  bad.write_bytes(b"not a jpeg")
+  record = {"source": "tfds", "mean": [0.0] * 3, "std": [1.0] * 3, "image_size": 32,
+            "resize_size": 36}
+  with pytest.raises(UserError, match="bad.jpg"):
+    inference.load_image(bad, record, 3)
+  with pytest.raises(UserError, match="missing.png"):
+    inference.load_image(tmp_path / "missing.png", record, 3)
 
 
 def test_undecodable_file_is_reported_not_fatal(fashion_run, tmp_path):
@@ -217,3 +239,14 @@ def test_command_line_json_and_errors(fashion_run, images):
   no_run = _run_cli(f"--workdir={workdir / 'nowhere'}", images)
   assert no_run.returncode == 1 and "nowhere" in no_run.stderr
   assert "Traceback" not in no_run.stderr
+  both = _run_cli(f"--workdir={workdir}", "--torchvision=x.pth", images)
+  assert both.returncode == 2 and "exactly one of --workdir" in both.stderr
+  bad_flag = _run_cli("--top_k=many", images)
+  assert bad_flag.returncode == 2 and "top_k" in bad_flag.stderr
+
+
+def test_help_lists_the_tool_flags():
+  result = _run_cli("--help")  # absl's --help exits with status 1, as main.py's does
+  assert "Classify image files" in result.stdout
+  for flag in ("--workdir", "--torchvision", "--top_k", "--json"):
+    assert flag in result.stdout

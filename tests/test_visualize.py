@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import visualize
+from alexnet_jax.tools import cli, visualize
 
 try:  # tests/ on sys.path (pytest's default): the same module, so one shared run per session
   import test_predict as shared
 except ImportError:
   from tests import test_predict as shared
+
+
+def visualize_main(args) -> int:
+  """The command line `python -m alexnet_jax.visualize ARGS`, in this process."""
+  return cli.call(visualize.define_flags, visualize.main, args)
 
 
 def expected_size(picture: str) -> tuple[int, int]:
@@ -53,13 +58,13 @@ def test_pictures_of_a_checkpoint(run, image, tmp_path, capsys, picture, extra):
   args = [picture, f"--workdir={run}", f"--out={out}", *extra]
   if picture != "filters":
     args.append(str(image))
-  assert visualize.main(args) == 0
+  assert visualize_main(args) == 0
   assert capsys.readouterr().out.strip() == f"wrote {out}"
   assert_picture(out, picture)
 
 
 def test_curves_go_to_the_run_folder_by_default(run, capsys):
-  assert visualize.main(["curves", f"--workdir={run}"]) == 0
+  assert visualize_main(["curves", f"--workdir={run}"]) == 0
   assert_picture(run / "pictures" / "curves.png", "curves")
 
 
@@ -100,13 +105,17 @@ def test_the_filters_image_goes_to_tensorboard_at_each_evaluation(run):
 
 
 def test_user_mistakes_are_one_line(run, tmp_path, capsys):
-  assert visualize.main(["saliency", f"--workdir={run}", str(tmp_path / "none.png")]) == 1
+  assert visualize_main(["saliency", f"--workdir={run}", str(tmp_path / "none.png")]) == 1
   assert "none.png" in capsys.readouterr().err
-  assert visualize.main(["activations", f"--workdir={run}", "--layer=fc7",
+  assert visualize_main(["activations", f"--workdir={run}", "--layer=fc7",
                          str(shared.write_image(tmp_path / "x.png"))]) == 1
   assert "no spatial maps" in capsys.readouterr().err
-  assert visualize.main(["occlusion", f"--workdir={run}", "--label=giraffe",
+  assert visualize_main(["occlusion", f"--workdir={run}", "--label=giraffe",
                          str(tmp_path / "x.png")]) == 1
   assert "label='giraffe'" in capsys.readouterr().err
-  assert visualize.main(["curves", f"--workdir={tmp_path}"]) == 1
+  assert visualize_main(["curves", f"--workdir={tmp_path}"]) == 1
   assert "metrics.jsonl" in capsys.readouterr().err
+  assert visualize_main(["mosaic", f"--workdir={run}"]) == 2
+  assert "choose one of filters" in capsys.readouterr().err
+  assert visualize_main(["saliency", f"--workdir={run}"]) == 2
+  assert "needs an IMAGE" in capsys.readouterr().err

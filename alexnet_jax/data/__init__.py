@@ -21,7 +21,10 @@ from typing import Any
 from alexnet_jax.errors import UserError
 from alexnet_jax.data import pipeline
 
-SOURCES = ("synthetic", "fashion_mnist", "tfds", "folder", "auto")
+# The ImageNet sources (data/imagenet.py): an ArrayRecord build, the extracted folders, or
+# whichever of the two data_dir holds.
+IMAGENET_SOURCES = ("tfds", "folder", "auto")
+SOURCES = ("synthetic", "fashion_mnist") + IMAGENET_SOURCES
 SPLITS = ("train", "eval")
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from alexnet_jax.data import DataInfo, Split
 from alexnet_jax.errors import MissingFileError, UserError
 
+IMAGE_SIZE = 28  # pixels, square, one grey channel
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                "Sneaker", "Bag", "Ankle boot")
 FILES = {

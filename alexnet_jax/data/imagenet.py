@@ -3,7 +3,7 @@
 `data.source` picks how `data.data_dir` is read:
 
 - `tfds`: `<data_dir>/imagenet2012/<version>/` prepared as ArrayRecord (by
-  `python -m alexnet_jax.prepare`, or by tfds itself). Read with `tfds.data_source` and
+  `python -m alexnet_jax.tools.prepare`, or by tfds itself). Read with `tfds.data_source` and
   `SkipDecoding`, so no TensorFlow is needed at run time; records carry the JPEG bytes.
 - `folder`: `<data_dir>/train/<wnid>/*.JPEG`, and `<data_dir>/val/<wnid>/*.JPEG` or a flat
   `<data_dir>/val/ILSVRC2012_val_XXXXXXXX.JPEG` labelled by the 50,000 validation labels that
@@ -29,16 +29,20 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax.data import DataInfo, SourceSpec, pipeline, transforms
+from alexnet_jax.data import IMAGENET_SOURCES, DataInfo, Split, pipeline, transforms
+from alexnet_jax.errors import UserError, MissingFileError
 
+# The `data.source` values that read ImageNet (this module); the one list of them.
+SOURCE_NAMES = IMAGENET_SOURCES
 TFDS_NAME = "imagenet2012"
 TFDS_SPLITS = {"train": "train", "eval": "validation"}
 NUM_CLASSES = 1000
 NUM_VALIDATION_IMAGES = 50_000
+# File suffixes read as images (lower case; compare with `name.lower()`): JPEG and PNG.
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 VALIDATION_FILE = re.compile(r"ILSVRC2012_val_(\d{8})\.(?:JPEG|jpeg|jpg|JPG|png|PNG)")
 VERSION = re.compile(r"\d+\.\d+\.\d+")
-# Written next to dataset_info.json by `alexnet_jax.prepare` (how the images were stored).
+# Written next to dataset_info.json by `alexnet_jax.tools.prepare` (how the images were stored).
 PREPARE_INFO_FILE = "alexnet_jax_prepare.json"
 
 PREPARE_COMMAND = ("python -m alexnet_jax.prepare --tars_dir=DIR_WITH_ILSVRC2012_TARS "
@@ -89,7 +93,7 @@ def validation_wnids() -> tuple[str, ...]:
       wnids = tuple(resource.read_text(encoding="utf-8").split())
       if len(wnids) == NUM_VALIDATION_IMAGES:
         return wnids
-  raise FileNotFoundError(
+  raise MissingFileError(
       "The ILSVRC-2012 validation labels were not found in the installed tensorflow-datasets "
       "package (datasets/imagenet2012/validation_labels.txt). Reinstall tensorflow-datasets, "
       "or arrange val/ as val/<wnid>/*.JPEG.")
@@ -99,11 +103,11 @@ def validation_label(file_name: str) -> int:
   """Class index of a flat validation file `ILSVRC2012_val_00000001.JPEG`."""
   match = VALIDATION_FILE.fullmatch(file_name)
   if match is None:
-    raise ValueError(f"{file_name!r} is not named like a validation image "
+    raise UserError(f"{file_name!r} is not named like a validation image "
                      "(ILSVRC2012_val_XXXXXXXX.JPEG).")
   number = int(match.group(1))
   if not 1 <= number <= NUM_VALIDATION_IMAGES:
-    raise ValueError(f"{file_name!r}: validation images are numbered 1 to 50000.")
+    raise UserError(f"{file_name!r}: validation images are numbered 1 to 50000.")
   return wnid_to_label()[validation_wnids()[number - 1]]
 
 
@@ -128,8 +132,8 @@ def layout_help(data_dir: str) -> str:
 def missing_data_error(data_dir: str, problem: str) -> Exception:
   message = f"ImageNet not found: {problem}.\n{layout_help(data_dir)}"
   if data_dir and not os.path.exists(data_dir):
-    return FileNotFoundError(message)
-  return ValueError(message)
+    return MissingFileError(message)
+  return UserError(message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,7 +150,7 @@ def prepared_tfds_versions(data_dir: str) -> list[str]:
   root = pathlib.Path(data_dir) / TFDS_NAME
   if not root.is_dir():
     return []
-  # Only finished builds: tfds and alexnet_jax.prepare write into `<version>.incomplete*`.
+  # Only finished builds: tfds and alexnet_jax.tools.prepare write into `<version>.incomplete*`.
   versions = [d.name for d in root.iterdir()
               if VERSION.fullmatch(d.name) and (d / "dataset_info.json").is_file()]
   return sorted(versions, key=lambda v: tuple(int(part) for part in v.split(".")))
@@ -156,7 +160,7 @@ def _check_array_record(version_dir: pathlib.Path) -> dict[str, Any]:
   info = json.loads((version_dir / "dataset_info.json").read_text())
   file_format = info.get("fileFormat", "tfrecord")
   if file_format != "array_record":
-    raise ValueError(
+    raise UserError(
         f"{version_dir} holds imagenet2012 as {file_format}, which has no random access. "
         "Convert it once (needs TensorFlow: pip install 'alexnet_jax[prepare]'): "
         f"tfds convert_format --dataset_version_dir={version_dir} "
@@ -172,27 +176,26 @@ def open_tfds_split(data_dir: str, version: str, split: str):
       decoders={"image": tfds.decode.SkipDecoding()})
 
 
-def tfds_sources(data_dir: str):
-  """(train, eval) tfds data sources of the newest prepared version under data_dir."""
+def tfds_split(data_dir: str, split: str):
+  """The tfds data source of `split` ('train' or 'eval') of the newest prepared version."""
   versions = prepared_tfds_versions(data_dir)
   if not versions:
     raise missing_data_error(data_dir, f"no {TFDS_NAME}/<version>/dataset_info.json under "
                              f"{data_dir!r}")
   version_dir = pathlib.Path(data_dir) / TFDS_NAME / versions[-1]
   info = _check_array_record(version_dir)
-  available = {split["name"] for split in info.get("splits", [])}
-  missing = [s for s in TFDS_SPLITS.values() if s not in available]
-  if missing:
-    raise ValueError(f"{version_dir} has no {' or '.join(missing)} split (it has "
-                     f"{sorted(available)}); prepare both train and validation.")
+  available = {s["name"] for s in info.get("splits", [])}
+  if TFDS_SPLITS[split] not in available:
+    raise UserError(f"{version_dir} has no {TFDS_SPLITS[split]} split (it has "
+                    f"{sorted(available)}); prepare it with {PREPARE_COMMAND}.")
   _log_prepare_info(version_dir)
-  return tuple(open_tfds_split(data_dir, versions[-1], TFDS_SPLITS[s]) for s in ("train", "eval"))
+  return open_tfds_split(data_dir, versions[-1], TFDS_SPLITS[split])
 
 
 def _log_prepare_info(version_dir: pathlib.Path) -> None:
   prepare_info = version_dir / PREPARE_INFO_FILE
   if prepare_info.is_file():
-    logging.info("ImageNet in %s was written by alexnet_jax.prepare: %s", version_dir,
+    logging.info("ImageNet in %s was written by alexnet_jax.tools.prepare: %s", version_dir,
                  prepare_info.read_text().strip())
 
 
@@ -246,7 +249,7 @@ def list_class_folders(split_dir: str) -> tuple[list[str], list[int]]:
   paths, labels = [], []
   for folder in _visible_subdirs(split_dir):
     if folder.name not in lookup:
-      raise ValueError(
+      raise UserError(
           f"{folder.path} is not an ILSVRC-2012 class folder: folder names must be wnids of "
           "the 1000-class list (like n01440764; see alexnet_jax/data/imagenet_labels/"
           "imagenet2012_synsets.txt). Remove or move it.")
@@ -270,7 +273,7 @@ def folder_split(data_dir: str, split: str) -> FolderSource:
   if _visible_subdirs(split_dir):
     paths, labels = list_class_folders(split_dir)
     if split == "val" and _image_files(split_dir):
-      raise ValueError(f"{split_dir} mixes class folders and loose images; use one layout: "
+      raise UserError(f"{split_dir} mixes class folders and loose images; use one layout: "
                        "val/<wnid>/*.JPEG or val/ILSVRC2012_val_XXXXXXXX.JPEG.")
   elif split == "val":
     paths, labels = list_flat_validation(split_dir)
@@ -284,7 +287,9 @@ def folder_split(data_dir: str, split: str) -> FolderSource:
 
 
 def holds_folder_layout(data_dir: str) -> bool:
-  return os.path.isdir(os.path.join(data_dir, "train"))
+  """Whether data_dir looks like the folder layout: a train/ or a val/ folder (evaluation
+  needs only val/)."""
+  return any(os.path.isdir(os.path.join(data_dir, split)) for split in ("train", "val"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,10 +298,11 @@ def holds_folder_layout(data_dir: str) -> bool:
 
 def resolve_source(source: str, data_dir: str) -> tuple[str, str]:
   """(source kind, data_dir to read) for data.source in tfds | folder | auto."""
-  if source not in ("tfds", "folder", "auto"):
-    raise ValueError(f"data.source={source!r} is not an ImageNet source (tfds, folder, auto).")
+  if source not in SOURCE_NAMES:
+    raise UserError(f"data.source={source!r} is not an ImageNet source "
+                    f"({', '.join(SOURCE_NAMES)}).")
   if source == "folder" and not data_dir:
-    raise ValueError("data.source='folder' needs --config.data.data_dir (there is no default "
+    raise UserError("data.source='folder' needs --config.data.data_dir (there is no default "
                      f"location).\n{layout_help(data_dir)}")
   if not data_dir:  # tfds or auto: the tfds default location
     data_dir = tfds_default_data_dir()
@@ -314,40 +320,42 @@ def resolve_source(source: str, data_dir: str) -> tuple[str, str]:
       if os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
         hint = " (this looks like a tfds version folder: point data_dir two levels up)"
       raise missing_data_error(
-          data_dir, f"{data_dir!r} holds neither {TFDS_NAME}/ nor train/{hint}")
+          data_dir, f"{data_dir!r} holds neither {TFDS_NAME}/ nor train/ or val/{hint}")
   return source, data_dir
 
 
 def _check_config(config: Any) -> None:
   if config.model.in_channels != 3:
-    raise ValueError(f"model.in_channels={config.model.in_channels}: ImageNet images are RGB; "
+    raise UserError(f"model.in_channels={config.model.in_channels}: ImageNet images are RGB; "
                      "set it to 3.")
   if config.model.num_classes != NUM_CLASSES:
-    raise ValueError(f"model.num_classes={config.model.num_classes}: ImageNet labels are the "
+    raise UserError(f"model.num_classes={config.model.num_classes}: ImageNet labels are the "
                      "1000 standard classes; set it to 1000.")
   if config.data.resize_size < config.model.image_size:
-    raise ValueError(f"data.resize_size={config.data.resize_size} is smaller than "
+    raise UserError(f"data.resize_size={config.data.resize_size} is smaller than "
                      f"model.image_size={config.model.image_size}: the crop must fit.")
 
 
-def build(config: Any) -> SourceSpec:
-  """Sources and transforms of ImageNet as `config.data` describes; checks the layout now."""
+def build(config: Any, split: str, *, ten_crop: bool = False) -> Split:
+  """The `split` ('train' or 'eval') of ImageNet as `config.data` describes; checks the layout
+  now and raises UserError, naming the directory and both layouts, when it is not there."""
   _check_config(config)
   kind, data_dir = resolve_source(config.data.source, config.data.data_dir)
   if kind == "tfds":
-    train, evaluation = tfds_sources(data_dir)
+    source = tfds_split(data_dir, split)
   else:
-    train, evaluation = folder_split(data_dir, "train"), folder_split(data_dir, "val")
+    source = folder_split(data_dir, "train" if split == "train" else "val")
   data = config.data
   size = config.model.image_size
-  train_transform = transforms.make_train_transform(
-      data.train_transform, image_size=size, resize_size=data.resize_size,
-      pca_std=data.pca_std, use_draft=data.jpeg_draft)
-  eval_transform = transforms.make_eval_transform(
-      image_size=size, resize_size=data.resize_size, ten_crop=data.ten_crop,
-      use_draft=data.jpeg_draft)
-  info = DataInfo(num_train_examples=len(train), num_eval_examples=len(evaluation),
-                  num_classes=NUM_CLASSES, channels=3, class_names=class_names())
-  logging.info("ImageNet from %s (%s): %d train, %d eval images", data_dir, kind,
-               info.num_train_examples, info.num_eval_examples)
-  return SourceSpec(info, train, train_transform, evaluation, eval_transform)
+  if split == "train":
+    transform = transforms.make_train_transform(
+        data.train_transform, image_size=size, resize_size=data.resize_size,
+        pca_std=data.pca_std, use_draft=data.jpeg_draft)
+  else:
+    transform = transforms.make_eval_transform(
+        image_size=size, resize_size=data.resize_size, ten_crop=ten_crop,
+        use_draft=data.jpeg_draft)
+  info = DataInfo(num_classes=NUM_CLASSES, channels=3, class_names=class_names(),
+                  has_crops=True)
+  logging.info("ImageNet %s from %s (%s): %d images", split, data_dir, kind, len(source))
+  return Split(source, transform, info)

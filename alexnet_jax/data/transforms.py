@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from alexnet_jax.data import pipeline
+from alexnet_jax.errors import UserError
 
 # Antialiased bilinear, as torchvision's Resize and RandomResizedCrop default to.
 RESAMPLE = Image.Resampling.BILINEAR
@@ -71,6 +72,21 @@ def open_header(data: bytes, key: str) -> Image.Image:
     raise pipeline.SkippableRecordError(f"cannot decode image {key!r}: {e}") from e
 
 
+# Greyscale modes wider than 8 bits (16-bit PNG, 32-bit integer TIFF). PIL's convert("RGB")
+# clips them at 255 (a 16-bit photo comes out nearly white), so they are scaled first.
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def wide_grey_to_l(image: Image.Image) -> Image.Image:
+  """A 16-bit (or 32-bit integer) greyscale image as 8-bit 'L', scaled by its bit depth
+  (value * 255 / 65535 for 16 bits), not clipped."""
+  values = np.asarray(image, dtype=np.float64)
+  full_scale = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) <= 65535 else (
+      2.0**32 - 1)
+  scaled = np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+  return Image.fromarray(scaled, mode="L")
+
+
 def decode_rgb(data: bytes, key: str,
                before_load: Callable[[Image.Image], None] | None = None) -> Image.Image:
   """Fully decodes `data` into an RGB image; `before_load(image)` may set up draft mode.
@@ -82,8 +98,10 @@ def decode_rgb(data: bytes, key: str,
     if before_load is not None:
       before_load(image)
     image.load()  # decode everything now: a truncated file fails here, not later
+    if image.mode in WIDE_GREY_MODES:
+      image = wide_grey_to_l(image)
     if image.mode != "RGB":
-      image = image.convert("RGB")  # L, CMYK, P, RGBA, I;16 ...
+      image = image.convert("RGB")  # L, CMYK, P, RGBA ...
   except _DECODE_ERRORS as e:
     raise pipeline.SkippableRecordError(f"cannot decode image {key!r}: {e}") from e
   return image
@@ -327,7 +345,7 @@ def make_train_transform(name: str, *, image_size: int, resize_size: int, pca_st
     return PaperTrainTransform(image_size, resize_size, pca_std, use_draft)
   if name == "inception":
     return InceptionTrainTransform(image_size, pca_std, use_draft)
-  raise ValueError(f"data.train_transform={name!r} is not one of "
+  raise UserError(f"data.train_transform={name!r} is not one of "
                    f"{', '.join(map(repr, TRAIN_TRANSFORMS))}.")
 
 

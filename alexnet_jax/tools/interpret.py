@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import models, steps
+from alexnet_jax.errors import UserError
 
 Array = Any
 BatchFn = Callable[[Array], Array]  # (N, H, W, C) images -> (N, ...) outputs
@@ -64,9 +65,9 @@ def grad_cam(features_fn: BatchFn, head_fn: BatchFn, image: Array, label: int | 
 def occlusion_starts(size: int, patch: int, stride: int) -> list[int]:
   """Top (or left) edges of the occluding square; the last one always reaches the border."""
   if not 0 < patch <= size:
-    raise ValueError(f"occlusion patch={patch} must be between 1 and the image size {size}.")
+    raise UserError(f"occlusion patch={patch} must be between 1 and the image size {size}.")
   if stride <= 0:
-    raise ValueError(f"occlusion stride={stride} must be positive.")
+    raise UserError(f"occlusion stride={stride} must be positive.")
   starts = list(range(0, size - patch + 1, stride))
   if starts[-1] != size - patch:
     starts.append(size - patch)
@@ -209,15 +210,18 @@ class AlexNetProbe:
 
   @functools.cached_property
   def model(self):
+    """The Flax module of `model_config`, in float32."""
     # Interpretation runs in float32 whatever the training dtype.
     return models.create_model(**{**self.model_config, "dtype": "float32"})
 
   @property
   def variant(self) -> str:
+    """models.VARIANTS name ('paper', 'd2l', 'torchvision', ...)."""
     return self.model.variant
 
   @property
   def image_size(self) -> int:
+    """Side of the model's square input, pixels."""
     return self.model.image_size
 
   def _normalize(self, images: Array) -> Array:
@@ -260,35 +264,45 @@ class AlexNetProbe:
     return jax.jit(fn)
 
   def logits(self, images: Array) -> Array:
+    """float32 (N, num_classes) logits of (N, S, S, C) pixel images."""
     return self._jit_stages(self._params, jnp.asarray(images, jnp.float32))["fc8"]
 
   def probabilities(self, images: Array) -> Array:
+    """float32 (N, num_classes) softmax of the logits of (N, S, S, C) pixel images."""
     return self._jit_probabilities(self._params, jnp.asarray(images, jnp.float32))
 
   def stage(self, images: Array, name: str) -> Array:
-    """Output of one stage (models.STAGES: 'conv1' after ReLU, 'pool1', ..., 'fc8')."""
+    """Output of one stage (models.STAGES: 'conv1' after ReLU, 'pool1', ..., 'fc8') for
+    (N, S, S, C) pixel images: (N, h, w, channels) or (N, features). UserError for a name
+    that is not a stage of this variant."""
     available = tuple(models.layer_shapes(**self.model_config))
     if name not in available:
-      raise ValueError(f"layer={name!r} is not a stage of the {self.variant} variant; choose "
-                       f"one of {', '.join(available)}.")
+      raise UserError(f"layer={name!r} is not a stage of the {self.variant} variant; choose "
+                      f"one of {', '.join(available)}.")
     return self._jit_stages(self._params, jnp.asarray(images, jnp.float32))[name]
 
   def conv5(self, images: Array) -> Array:
+    """conv5 after its ReLU, (N, h, w, 256), for (N, S, S, C) pixel images."""
     return self.stage(images, "conv5")
 
   def head(self, conv5: Array) -> Array:
+    """Logits (N, num_classes) from conv5 outputs (N, h, w, 256) (alexnet_head)."""
     return alexnet_head(self.variant, self._params["params"], jnp.asarray(conv5, jnp.float32))
 
   # The three methods, for this network.
 
   def saliency(self, image: Array, label: int) -> np.ndarray:
+    """(S, S) |d logit[label] / d pixel|, max over channels, for one (S, S, C) image."""
     return np.asarray(self._jit_saliency(self._params, jnp.asarray(image, jnp.float32), label))
 
   def grad_cam(self, image: Array, label: int) -> np.ndarray:
+    """(h, w) Grad-CAM map on conv5 (not upsampled) for one (S, S, C) image."""
     return np.asarray(self._jit_grad_cam(self._params, jnp.asarray(image, jnp.float32), label))
 
   def occlusion(self, image: Array, label: int, *, patch: int, stride: int,
                 fill: float | Array = 128.0, batch_size: int = 32) -> np.ndarray:
+    """P(label) for each position of a `patch`-pixel square of `fill` (0-255) moved by
+    `stride` over one (S, S, C) image: (rows, columns) as occlusion_map."""
     return occlusion_map(self.probabilities, image, label, patch=patch, stride=stride,
                          fill=fill, batch_size=batch_size)
 

@@ -5,7 +5,8 @@
   ... [--top_k=5] [--batch_size=32] [--json]
 
 PATH is a JPEG or PNG file or a directory (searched recursively). Each image is preprocessed
-the way the weights were trained, as the checkpoint records it (`meta['preprocessing']`):
+the way the weights were trained, as the checkpoint records it (`meta['preprocessing']`), by
+the data layer's own eval transform (data/inference.py):
 - ImageNet sources (tfds, folder, auto) and torchvision weights: shorter side to
   `resize_size`, central `image_size` crop, RGB; then (x - mean) / std with the recorded
   mean/std (the paper's mean subtraction, or torchvision's mean/std);
@@ -21,99 +22,20 @@ visualize.py uses too.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import io
 import json
 import os
 import pathlib
-import sys
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
+from absl import flags
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-IMAGENET_SOURCES = ("tfds", "folder", "auto")
-FASHION_MNIST_SIZE = 28
-# torchvision's AlexNet weights: Resize(256), CenterCrop(224), its mean/std (0-255 units).
-TORCHVISION_RESIZE, TORCHVISION_CROP = 256, 224
+from alexnet_jax.errors import UsageError, UserError
+from alexnet_jax.tools import cli
 
-
-# --------------------------------------------------------------------------------------------
-# Preprocessing
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-  """How the weights' training images were made: what a checkpoint's meta records."""
-  source: str
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  image_size: int
-  resize_size: int
-  channels: int
-
-  @classmethod
-  def from_meta(cls, meta: dict[str, Any]) -> "Preprocessing":
-    recorded = meta.get("preprocessing")
-    if not recorded:
-      raise ValueError("The checkpoint records no preprocessing (written by an older version); "
-                       "evaluate it with --mode=eval and its config instead.")
-    return cls(source=recorded["source"], mean=tuple(recorded["mean"]),
-               std=tuple(recorded["std"]), image_size=int(recorded["image_size"]),
-               resize_size=int(recorded["resize_size"]),
-               channels=int(meta["model"]["in_channels"]))
-
-  @classmethod
-  def torchvision(cls, image_size: int = TORCHVISION_CROP, channels: int = 3) -> "Preprocessing":
-    from alexnet_jax import config_base
-    resize = round(image_size * TORCHVISION_RESIZE / TORCHVISION_CROP)
-    return cls(source="torchvision", mean=config_base.TORCHVISION_MEAN_RGB,
-               std=config_base.TORCHVISION_STD_RGB, image_size=image_size, resize_size=resize,
-               channels=channels)
-
-  def load(self, path: str | os.PathLike) -> np.ndarray:
-    """The file as the uint8 (h, w, channels) image the model's training pipeline made."""
-    with open(path, "rb") as f:
-      data = f.read()
-    if self.source == "fashion_mnist":
-      image = _decode(data, path).convert("L").resize(
-          (FASHION_MNIST_SIZE, FASHION_MNIST_SIZE), Image.Resampling.BILINEAR)
-    elif self.source == "synthetic":
-      image = _decode(data, path).convert("RGB" if self.channels == 3 else "L").resize(
-          (self.image_size, self.image_size), Image.Resampling.BILINEAR)
-    else:
-      from alexnet_jax.data import pipeline, transforms
-      choose = lambda w, h: transforms.centre_crop_box(w, h, self.resize_size, self.image_size)
-      try:
-        image = transforms.decode_region(data, str(path), choose,
-                                         (self.image_size, self.image_size))
-      except pipeline.SkippableRecordError as e:
-        raise ValueError(str(e)) from e
-      if self.channels == 1:
-        image = image.convert("L")
-    array = np.asarray(image, np.uint8)
-    if array.ndim == 2:
-      array = array[..., None]
-    if array.shape[-1] != self.channels:
-      array = np.repeat(array, self.channels, axis=-1)  # grey repeated for 3-channel models
-    return array
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-
-def _decode(data: bytes, path) -> Image.Image:
-  try:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-  except Image.UnidentifiedImageError as e:
-    raise ValueError(f"cannot decode image {path}: not a JPEG or PNG file.") from e
-  except (OSError, ValueError, SyntaxError, EOFError) as e:
-    raise ValueError(f"cannot decode image {path}: {e}") from e
-  return image
+FLAGS = flags.FLAGS
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,41 +44,69 @@ def _decode(data: bytes, path) -> Image.Image:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LoadedModel:
+  """A model ready for inference on the host's devices.
+
+  model_config: the `model` fields (variant, num_classes, in_channels, image_size, ...).
+  params: the Flax params tree, numpy float32. batch_stats: alexnet_bn's BN statistics or None.
+  preprocessing: the checkpoint's `meta['preprocessing']` record (source, mean and std in
+  0-255 units, image_size and resize_size in pixels), or torchvision's.
+  class_names: names by class index (may be empty). description: for titles and messages.
+  """
   model_config: dict[str, Any]
   params: Any
-  preprocessing: Preprocessing
+  preprocessing: dict[str, Any]
   class_names: tuple[str, ...]
   description: str
-  batch_stats: Any = None  # running BN statistics (alexnet_bn)
+  batch_stats: Any = None
 
   @functools.cached_property
   def probe(self):
-    from alexnet_jax import interpret
-    return interpret.AlexNetProbe(self.model_config, self.params, self.preprocessing.mean,
-                                  self.preprocessing.std, self.batch_stats)
+    """interpret.AlexNetProbe of this model (jitted logits, stages, saliency, Grad-CAM)."""
+    from alexnet_jax.tools import interpret
+    return interpret.AlexNetProbe(self.model_config, self.params,
+                                  tuple(self.preprocessing["mean"]),
+                                  tuple(self.preprocessing["std"]), self.batch_stats)
 
   @property
   def num_classes(self) -> int:
     return int(self.model_config["num_classes"])
 
+  @property
+  def channels(self) -> int:
+    """The model's input channels (1 grey, 3 RGB)."""
+    return int(self.model_config["in_channels"])
+
+  @property
+  def image_size(self) -> int:
+    """The side of the model's square input, pixels."""
+    return int(self.preprocessing["image_size"])
+
+  def load_image(self, path: str | os.PathLike) -> np.ndarray:
+    """The file as the uint8 (h, w, channels) image the model's eval pipeline makes
+    (data.inference.load_image); UserError for a file that cannot be read or decoded."""
+    from alexnet_jax.data import inference
+    return inference.load_image(path, self.preprocessing, self.channels)
+
   def class_name(self, index: int) -> str:
+    """The name of class `index`, or 'class <index>' when the model has no names."""
     if index < len(self.class_names):
       return self.class_names[index]
     return f"class {index}"
 
   def class_index(self, label: str) -> int:
-    """A class given as its index or one of its names ('tabby', 'Sneaker')."""
+    """A class given as its index or one of its names ('tabby', 'Sneaker'); UserError for
+    neither."""
     if label.lstrip("-").isdigit():
       index = int(label)
       if not 0 <= index < self.num_classes:
-        raise ValueError(f"label={index} is not a class index (0..{self.num_classes - 1}).")
+        raise UserError(f"label={index} is not a class index (0..{self.num_classes - 1}).")
       return index
     wanted = label.strip().lower()
     for index, name in enumerate(self.class_names):
       if wanted == name.lower() or wanted in (s.strip().lower() for s in name.split(",")):
         return index
-    raise ValueError(f"label={label!r} is neither a class index nor a class name of this "
-                     "model.")
+    raise UserError(f"label={label!r} is neither a class index nor a class name of this "
+                    "model.")
 
 
 def _imagenet_names() -> tuple[str, ...]:
@@ -165,45 +115,55 @@ def _imagenet_names() -> tuple[str, ...]:
 
 
 def load_model_from_workdir(workdir: str | os.PathLike, step: int | None = None) -> LoadedModel:
-  """The params, model and preprocessing of a checkpoint (latest unless `step`)."""
-  from alexnet_jax import finetune
-  params, meta, step = finetune.read_checkpoint(workdir, step)
-  if "model" not in meta:
-    raise ValueError(f"The checkpoint in {workdir} records no model fields; it was not "
-                     "written by alexnet_jax.")
+  """The params, model and preprocessing of a checkpoint (latest unless `step`), read with
+  checkpoint.read_for_inference. Raises UserError for a missing run, step or checkpoint, or a
+  checkpoint that records no preprocessing."""
+  from alexnet_jax import checkpoint
+  from alexnet_jax.data import inference
+  restored = checkpoint.read_for_inference(workdir, step)
+  meta = restored.meta
+  preprocessing = meta.get("preprocessing")
+  if not preprocessing:
+    raise UserError(f"The checkpoint in {workdir} records no preprocessing (written by an older "
+                    "version); evaluate it with --mode=eval and its config instead.")
   model_config = dict(meta["model"])
+  preprocessing = {**preprocessing, "mean": list(preprocessing["mean"]),
+                   "std": list(preprocessing["std"])}
   names = tuple(meta.get("class_names") or ())
-  preprocessing = Preprocessing.from_meta(meta)
-  if not names and preprocessing.source in IMAGENET_SOURCES:
+  if not names and inference.is_imagenet(preprocessing):
     names = _imagenet_names()
-  return LoadedModel(model_config, params, preprocessing, names,
-                     f"{workdir} step {step} ({model_config['variant']} variant)",
-                     finetune.read_batch_stats(workdir, step) or None)
+  return LoadedModel(model_config, restored.params, preprocessing, names,
+                     f"{workdir} step {restored.step} ({model_config['variant']} variant)",
+                     restored.batch_stats or None)
 
 
 def load_model_from_torchvision(path: str | os.PathLike,
-                                image_size: int = TORCHVISION_CROP) -> LoadedModel:
-  """torchvision AlexNet weights (a state_dict .pth) with torchvision's preprocessing."""
-  from alexnet_jax import finetune, models
+                                image_size: int | None = None) -> LoadedModel:
+  """torchvision AlexNet weights (a state_dict .pth, read with convert.params_from_file) with
+  torchvision's preprocessing at crop `image_size` (default 224). UserError for a file that is
+  not AlexNet weights or cannot be read."""
+  from alexnet_jax import models
+  from alexnet_jax.data import inference
+  from alexnet_jax.transfer import convert
+  image_size = image_size or inference.TORCHVISION_CROP
   model_config = models.default_model_config("torchvision")
   model_config["image_size"] = image_size
-  pretrained = finetune.params_from_torch(path, model_config)
-  model_config["num_classes"] = int(pretrained.params["fc8"]["bias"].shape[0])
-  model_config["in_channels"] = int(pretrained.params["conv1"]["kernel"].shape[2])
+  params, model_config = convert.params_from_file(path, model_config)
   names = _imagenet_names() if model_config["num_classes"] == 1000 else ()
-  preprocessing = Preprocessing.torchvision(image_size, model_config["in_channels"])
-  return LoadedModel(model_config, pretrained.params, preprocessing, names,
-                     f"{path} (torchvision variant)")
+  return LoadedModel(model_config, params, inference.torchvision_preprocessing(image_size),
+                     names, f"{path} (torchvision variant)")
 
 
 def load_model(workdir: str | None, torchvision: str | None, step: int | None = None,
                image_size: int | None = None) -> LoadedModel:
+  """The model of --workdir (and --step) or of --torchvision (at --image_size); UsageError
+  unless exactly one of the two is given."""
   if bool(workdir) == bool(torchvision):
-    raise ValueError("Give exactly one of --workdir (a training run) and --torchvision "
+    raise UsageError("Give exactly one of --workdir (a training run) and --torchvision "
                      "(a .pth state_dict).")
   if workdir:
     return load_model_from_workdir(workdir, step)
-  return load_model_from_torchvision(torchvision, image_size or TORCHVISION_CROP)
+  return load_model_from_torchvision(torchvision, image_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,39 +171,44 @@ def load_model(workdir: str | None, torchvision: str | None, step: int | None = 
 
 
 def find_images(paths: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
-  """The image files named, and those under the directories named (sorted, recursive)."""
+  """The image files named, and those under the directories named (sorted, recursive; the
+  suffixes of imagenet.IMAGE_SUFFIXES, hidden files skipped). UserError for a path that does
+  not exist or when no image is found."""
+  from alexnet_jax.data import imagenet
   found = []
   for path in map(pathlib.Path, paths):
     if path.is_dir():
       found += sorted(p for p in path.rglob("*")
-                      if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                      if p.is_file() and p.suffix.lower() in imagenet.IMAGE_SUFFIXES
                       and not p.name.startswith("."))
     elif path.is_file():
       found.append(path)
     else:
-      raise FileNotFoundError(f"{path} does not exist.")
+      raise UserError(f"{path} does not exist.")
   if not found:
-    raise FileNotFoundError(f"No JPEG or PNG images in {', '.join(map(str, paths))}.")
+    raise UserError(f"No JPEG or PNG images in {', '.join(map(str, paths))}.")
   return found
 
 
 def top_k(probabilities: np.ndarray, k: int) -> list[tuple[int, float]]:
-  """(class, probability) of the k most probable classes, most probable first."""
+  """(class, probability) of the k most probable classes of a (num_classes,) probability
+  vector, most probable first (ties: lower class first)."""
   order = np.argsort(-probabilities, kind="stable")[:k]
   return [(int(i), float(probabilities[i])) for i in order]
 
 
 def predict_files(loaded: LoadedModel, files: Sequence[str | os.PathLike], *, k: int = 5,
                   batch_size: int = 32) -> list[dict[str, Any]]:
-  """One record per file: {'path', 'top': [{'class', 'name', 'probability'}, ...]} or
-  {'path', 'error'} for a file that cannot be decoded."""
+  """One record per file: {'path', 'top': [{'class', 'name', 'probability'}, ...]} (k
+  entries, most probable first) or {'path', 'error'} for a file that cannot be read or decoded.
+  Images go through the model in padded batches of `batch_size` (one compilation)."""
   records: list[dict[str, Any] | None] = [None] * len(files)
   images, slots = [], []
   for i, path in enumerate(files):
     try:
-      images.append(loaded.preprocessing.load(path))
+      images.append(loaded.load_image(path))
       slots.append(i)
-    except (ValueError, OSError) as e:
+    except UserError as e:
       records[i] = {"path": str(path), "error": str(e)}
   k = min(k, loaded.num_classes)
   for start in range(0, len(images), batch_size):
@@ -259,6 +224,7 @@ def predict_files(loaded: LoadedModel, files: Sequence[str | os.PathLike], *, k:
 
 
 def format_text(records: Sequence[dict[str, Any]]) -> str:
+  """predict_files' records as text: the path, then one ranked line per class (or the error)."""
   lines = []
   for record in records:
     lines.append(record["path"])
@@ -270,51 +236,58 @@ def format_text(records: Sequence[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="python -m alexnet_jax.predict",
-      description="Top-k classes of images, with the preprocessing the weights were trained "
-                  "with.")
-  parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
-  parser.add_argument("--workdir", help="a training run directory (its checkpoints)")
-  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
-  parser.add_argument("--torchvision", metavar="FILE.pth",
-                      help="torchvision AlexNet weights instead of a checkpoint")
-  parser.add_argument("--image_size", type=int, default=None,
-                      help="with --torchvision: crop size (default 224)")
-  parser.add_argument("--top_k", type=int, default=5)
-  parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
-  return parser
+# --------------------------------------------------------------------------------------------
+# Command line
 
 
-def quiet_library_logs() -> None:
-  """Orbax warns about read-only directories and metadata on every read; not news here."""
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.ERROR)
+def define_model_flags() -> None:
+  """The flags naming the weights (--workdir, --step, --torchvision, --image_size); visualize
+  shares them."""
+  cli.define("string", "workdir", None, "a training run directory (its checkpoints)")
+  cli.define("integer", "step", None, "checkpoint step (default latest)")
+  cli.define("string", "torchvision", None,
+             "FILE.pth: torchvision AlexNet weights instead of a checkpoint")
+  cli.define("integer", "image_size", None, "with --torchvision: crop size (default 224)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  quiet_library_logs()
-  try:
-    if args.top_k < 1 or args.batch_size < 1:
-      raise ValueError("--top_k and --batch_size must be positive.")
-    files = find_images(args.paths)
-    loaded = load_model(args.workdir, args.torchvision, args.step, args.image_size)
-    records = predict_files(loaded, files, k=args.top_k, batch_size=args.batch_size)
-  except (ValueError, FileNotFoundError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  if args.json:
-    print(json.dumps({"model": loaded.description,
-                      "preprocessing": loaded.preprocessing.to_dict(),
+def define_flags() -> None:
+  """predict's flags (absl); PATH... are the positional arguments."""
+  define_model_flags()
+  cli.define("integer", "top_k", 5, "how many classes to list per image")
+  cli.define("integer", "batch_size", 32, "images per forward pass")
+  cli.define("bool", "json", False, "one JSON document on stdout")
+
+
+@cli.report_user_errors
+def main(argv: Sequence[str]) -> int:
+  """Top-k classes of images, with the preprocessing the weights were trained with.
+
+  `argv`: absl's leftover arguments, the program then PATH... (image files or directories).
+  Returns 0, or 1 when a file could not be read (its record says why) or on a UserError.
+  """
+  from alexnet_jax.runtime import logs
+  logs.quiet_library_logs()
+  paths = list(argv[1:])
+  if not paths:
+    raise UsageError("Give at least one PATH (an image file or a directory of images).")
+  if FLAGS.top_k < 1 or FLAGS.batch_size < 1:
+    raise UsageError("--top_k and --batch_size must be positive.")
+  files = find_images(paths)
+  loaded = load_model(FLAGS.workdir, FLAGS.torchvision, FLAGS.step, FLAGS.image_size)
+  records = predict_files(loaded, files, k=FLAGS.top_k, batch_size=FLAGS.batch_size)
+  if FLAGS.json:
+    print(json.dumps({"model": loaded.description, "preprocessing": loaded.preprocessing,
                       "predictions": records}, indent=2))
   else:
-    print(f"# {loaded.description}; preprocessing: {loaded.preprocessing.source}")
+    print(f"# {loaded.description}; preprocessing: {loaded.preprocessing['source']}")
     print(format_text(records))
   return 1 if any("error" in r for r in records) else 0
 
 
+def run() -> None:
+  """`python -m alexnet_jax.predict`: absl flags, then main."""
+  cli.run(define_flags, main)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  run()

@@ -40,10 +40,11 @@ import tarfile
 import time
 from typing import Iterator, Sequence
 
-from absl import app
 from absl import flags
 
 from alexnet_jax.data import imagenet, pipeline, transforms
+from alexnet_jax.errors import UsageError, UserError
+from alexnet_jax.tools import cli
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
@@ -61,11 +62,14 @@ class LoadedItem:
   label: int
 
   def read(self) -> bytes:
+    """The file's bytes."""
     return self.data
 
 
 @dataclasses.dataclass(frozen=True)
 class StoreOptions:
+  """How images are stored: resized to shorter side `resize_shorter` pixels (0: original
+  bytes) and re-encoded as JPEG at `jpeg_quality` (1-95, PIL's scale)."""
   resize_shorter: int = 0  # 0 keeps the original bytes
   jpeg_quality: int = 90
 
@@ -76,11 +80,13 @@ class StoreOptions:
 
 @dataclasses.dataclass(frozen=True)
 class FileItem:
+  """One image file on disk, with its tfds file name and label (class index)."""
   path: str
   file_name: str
   label: int
 
   def read(self) -> bytes:
+    """The file's bytes."""
     return pathlib.Path(self.path).read_bytes()
 
 
@@ -94,6 +100,7 @@ class TarItem:
   label: int
 
   def read(self) -> bytes:
+    """The member's bytes, read at its offset."""
     with open(self.tar_path, "rb") as f:
       f.seek(self.offset)
       return f.read(self.size)
@@ -107,6 +114,7 @@ class ListShard:
   items: tuple[FileItem | TarItem, ...]
 
   def items_in_order(self) -> Iterator[FileItem | TarItem]:
+    """The shard's items, in the order they are written."""
     return iter(self.items)
 
 
@@ -121,6 +129,7 @@ class ClassTarShard:
   wnid: str
 
   def items_in_order(self) -> Iterator[LoadedItem]:
+    """The class tar's files, sorted by name, each with the class's label."""
     inner = TarItem(self.tar_path, self.offset, self.size, self.wnid, -1).read()
     label = imagenet.wnid_to_label()[self.wnid]
     with tarfile.open(fileobj=io.BytesIO(inner), mode="r:") as tar:
@@ -157,7 +166,7 @@ def plan_train_tar(tar_path: str) -> list[Shard]:
   for i, member in enumerate(members):
     wnid = os.path.basename(member.name)[:-len(".tar")]
     if wnid not in imagenet.wnid_to_label():
-      raise ValueError(f"{tar_path} holds {member.name}, which is not an ILSVRC-2012 class.")
+      raise UserError(f"{tar_path} holds {member.name}, which is not an ILSVRC-2012 class.")
     shards.append(ClassTarShard("train", i, tar_path, member.offset_data, member.size, wnid))
   return shards
 
@@ -176,11 +185,12 @@ def plan_val_tar(tar_path: str, examples_per_shard: int) -> list[Shard]:
 
 
 def plan_tars(tars_dir: str, examples_per_shard: int) -> list[Shard]:
+  """The shards of both ILSVRC-2012 tars in `tars_dir`; UserError when one is missing."""
   paths = [os.path.join(tars_dir, name) for name in (TRAIN_TAR, VAL_TAR)]
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
-    raise FileNotFoundError(f"{', '.join(missing)} not found: --tars_dir must hold {TRAIN_TAR} "
-                            f"and {VAL_TAR} (from https://image-net.org/download-images).")
+    raise UserError(f"{', '.join(missing)} not found: --tars_dir must hold {TRAIN_TAR} "
+                    f"and {VAL_TAR} (from https://image-net.org/download-images).")
   return plan_train_tar(paths[0]) + plan_val_tar(paths[1], examples_per_shard)
 
 
@@ -226,6 +236,7 @@ def imagenet_features(data_dir: str):
 
 @dataclasses.dataclass(frozen=True)
 class ShardResult:
+  """What writing one shard produced: its file, example count, bytes, skipped file names."""
   split: str
   index: int
   path: str
@@ -327,9 +338,9 @@ def finish_dataset(data_dir: str, work_dir: str, results: Sequence[ShardResult],
 
 def _describe(options: StoreOptions) -> str:
   if options.resize_shorter > 0:
-    return (f"Written by alexnet_jax.prepare: images resized to shorter side "
+    return (f"Written by alexnet_jax.tools.prepare: images resized to shorter side "
             f"{options.resize_shorter} and stored as JPEG quality {options.jpeg_quality}.")
-  return "Written by alexnet_jax.prepare: original image files, unchanged."
+  return "Written by alexnet_jax.tools.prepare: original image files, unchanged."
 
 
 def _write_prepare_info(work_dir: str, results: Sequence[ShardResult], options: StoreOptions,
@@ -405,16 +416,19 @@ def define_flags() -> None:
   flags.DEFINE_bool("overwrite", False, "Replace an existing build in --data_dir.")
 
 
-def main(argv: Sequence[str]) -> None:
+@cli.report_user_errors
+def main(argv: Sequence[str]) -> int:
+  """Writes the ArrayRecord build the flags describe; returns 0, 1 on a UserError, 2 for a
+  wrong command line."""
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise UsageError(f"Unexpected arguments: {' '.join(argv[1:])}.")
   if (FLAGS.tars_dir is None) == (FLAGS.folder_dir is None):
-    raise app.UsageError("give exactly one of --tars_dir and --folder_dir.")
+    raise UsageError("Give exactly one of --tars_dir and --folder_dir.")
   if not FLAGS.data_dir:
-    raise app.UsageError("--data_dir is required.")
+    raise UsageError("--data_dir is required.")
   if FLAGS.tars_dir and FLAGS.resize_shorter <= 0:
     prepare_with_tfds(FLAGS.tars_dir, FLAGS.data_dir)
-    return
+    return 0
   options = StoreOptions(FLAGS.resize_shorter, FLAGS.jpeg_quality)
   if FLAGS.tars_dir:
     shards, origin = plan_tars(FLAGS.tars_dir, FLAGS.examples_per_shard), FLAGS.tars_dir
@@ -428,8 +442,13 @@ def main(argv: Sequence[str]) -> None:
   print(f"wrote {version_dir} in {time.time() - started:.0f} s: {summary['num_examples']}, "
         f"{len(summary['skipped'])} unreadable files skipped. Train with "
         f"--config.data.data_dir={FLAGS.data_dir}")
+  return 0
+
+
+def run() -> None:
+  """`python -m alexnet_jax.prepare`: absl flags, then main."""
+  cli.run(define_flags, main)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  run()

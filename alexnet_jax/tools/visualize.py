@@ -2,10 +2,16 @@
 
   python -m alexnet_jax.visualize filters     --workdir=DIR [--step=N]
   python -m alexnet_jax.visualize activations --workdir=DIR --layer=conv2 IMAGE
-  python -m alexnet_jax.visualize occlusion   --workdir=DIR [--label=CLASS] [--patch=P] [--stride=S] IMAGE
+  python -m alexnet_jax.visualize occlusion   --workdir=DIR [--label=CLASS] [--patch=P]
+                                              [--stride=S] IMAGE
   python -m alexnet_jax.visualize saliency    --workdir=DIR [--label=CLASS] IMAGE
   python -m alexnet_jax.visualize gradcam     --workdir=DIR [--label=CLASS] IMAGE
   python -m alexnet_jax.visualize curves      --workdir=DIR
+
+The first argument is the picture: filters (conv1 filters as a grid, towers side by side),
+activations (activation maps of one layer for an image), occlusion (class probability as a
+grey square slides over the image), saliency (gradient of the class score with respect to the
+pixels), gradcam (Grad-CAM on conv5), curves (loss and top-1 from DIR/metrics.jsonl).
 
 `--torchvision=FILE.pth` replaces `--workdir` for torchvision weights (not for `curves`).
 `--out=FILE.png` names the picture; by default it goes to DIR/pictures/ (or the current
@@ -16,14 +22,19 @@ interpret.py; this module only draws them.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import pathlib
-import sys
 from typing import Any, Sequence
 
 import numpy as np
+from absl import flags
+
+from alexnet_jax.errors import UsageError, UserError
+from alexnet_jax.tools import cli
+
+FLAGS = flags.FLAGS
 
 DPI = 100
 # Figure sizes in inches; the PNG is DPI times that in pixels (no tight bounding box, so the
@@ -47,6 +58,8 @@ def _pyplot():
 
 
 def save(fig, path: str | os.PathLike) -> pathlib.Path:
+  """Writes `fig` as a PNG at DPI (size FIGSIZE inches times DPI pixels), creating the folder;
+  closes the figure and returns the path."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=DPI)
@@ -87,8 +100,9 @@ def _colorbar(fig, mappable, ax, label: str) -> None:
 
 
 def filters_figure(kernel: np.ndarray, variant: str, title: str):
-  """conv1's filters; the paper variant's two towers side by side (the paper's figure 3)."""
-  from alexnet_jax import interpret
+  """conv1's filters, a (kh, kw, channels, count) kernel, each scaled to its own min..max; the
+  paper variant's two towers side by side (the paper's figure 3)."""
+  from alexnet_jax.tools import interpret
   towers = interpret.towers_of(variant)
   halves = np.split(np.asarray(kernel), towers, axis=-1)
   fig, axes = _figure("filters", towers)
@@ -110,11 +124,12 @@ def filters_figure(kernel: np.ndarray, variant: str, title: str):
 
 def activations_figure(image: np.ndarray, maps: np.ndarray, layer: str, title: str,
                        max_channels: int = 32):
-  """The image and the `max_channels` most active channels of one (h, w, C) stage output."""
-  from alexnet_jax import interpret
+  """The uint8 or float (H, W, C) image (0-255) and the `max_channels` most active channels
+  of one (h, w, C) stage output. UserError for a stage without spatial maps (fc layers)."""
+  from alexnet_jax.tools import interpret
   maps = np.asarray(maps, np.float32)
   if maps.ndim != 3:
-    raise ValueError(f"layer={layer!r} has no spatial maps; choose a conv or pool stage.")
+    raise UserError(f"layer={layer!r} has no spatial maps; choose a conv or pool stage.")
   strongest = np.argsort(-maps.mean(axis=(0, 1)), kind="stable")[:max_channels]
   tiles = np.transpose(maps[..., strongest], (2, 0, 1))[..., None]
   high = float(tiles.max()) or 1.0
@@ -137,7 +152,8 @@ def activations_figure(image: np.ndarray, maps: np.ndarray, layer: str, title: s
 
 def occlusion_figure(image: np.ndarray, heat: np.ndarray, class_name: str, baseline: float,
                      patch: int, stride: int, title: str):
-  """The image, and over it the class probability with the grey square at each place."""
+  """The (H, W, C) image (0-255), and over it `heat`, the (H, W) class probability with the
+  grey `patch`-pixel square covering each pixel (interpret.occlusion_to_pixels)."""
   fig, axes = _figure("occlusion", 2, top=0.74)
   _show_image(axes[0], image, f"input: P({class_name}) = {baseline:.3f}")
   _show_image(axes[1], image, f"P({class_name}), square covering each pixel\n"
@@ -160,29 +176,34 @@ def _heat_figure(kind: str, image: np.ndarray, heat: np.ndarray, heading: str, l
 
 
 def saliency_figure(image: np.ndarray, sal: np.ndarray, class_name: str, title: str):
+  """The (H, W, C) image and over it `sal`, (H, W) |d score / d pixel| (interpret.saliency)."""
   return _heat_figure("saliency", image, sal, f"|d score({class_name}) / d pixel|",
                       "|gradient|, max over channels", "hot", title)
 
 
 def gradcam_figure(image: np.ndarray, cam: np.ndarray, class_name: str, title: str):
+  """The (H, W, C) image and over it `cam`, the (H, W) Grad-CAM map upsampled to the image."""
   return _heat_figure("gradcam", image, cam, f"Grad-CAM on conv5 for {class_name}",
                       "ReLU(sum_k alpha_k A_k), upsampled", "jet", title)
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+  """The records of DIR/metrics.jsonl (one JSON object per line, metrics_writer.py); UserError
+  when the file is missing."""
   path = pathlib.Path(workdir) / "metrics.jsonl"
   if not path.is_file():
-    raise FileNotFoundError(f"No {path}: point --workdir at a training run.")
+    raise UserError(f"No {path}: point --workdir at a training run.")
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def curves_figure(records: Sequence[dict[str, Any]], title: str):
-  """Train and eval loss and top-1 against the step, with the epoch on the top axis."""
+  """Train and eval loss and top-1 against the step, with the epoch on the top axis; UserError
+  when the records hold no train/ or eval/ metrics."""
   training = [r for r in records if "train/loss" in r]
   # Evaluations during training; --mode=eval records repeat a checkpoint's numbers.
   evaluations = [r for r in records if "eval/loss" in r and "eval/checkpoint_step" not in r]
   if not training and not evaluations:
-    raise ValueError("metrics.jsonl holds no train/ or eval/ metrics yet.")
+    raise UserError("metrics.jsonl holds no train/ or eval/ metrics yet.")
   fig, axes = _figure("curves", 2)
   for ax, metric in zip(axes, ("loss", "top1")):
     for prefix, rows, style in (("train", training, "-"), ("eval", evaluations, "o-")):
@@ -214,7 +235,25 @@ def _add_epoch_axis(ax, records) -> None:
 # Command line
 
 
-def _default_out(args, picture: str) -> pathlib.Path:
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One picture to make: the command line's sub-command, IMAGE and flags."""
+  picture: str
+  image: str | None = None
+  workdir: str | None = None
+  step: int | None = None
+  torchvision: str | None = None
+  image_size: int | None = None
+  out: str | None = None
+  layer: str = "conv1"
+  max_channels: int = 32
+  label: str | None = None
+  patch: int | None = None
+  stride: int | None = None
+  fill: float = 128.0
+
+
+def _default_out(args: Request, picture: str) -> pathlib.Path:
   name = picture
   if getattr(args, "image", None):
     name += "_" + pathlib.Path(args.image).stem
@@ -224,16 +263,15 @@ def _default_out(args, picture: str) -> pathlib.Path:
   return folder / f"{name}.png"
 
 
-def _load(args):
-  from alexnet_jax import predict
+def _load(args: Request):
+  from alexnet_jax.tools import predict
   return predict.load_model(args.workdir, args.torchvision, args.step, args.image_size)
 
 
 def _input_image(loaded, path: str) -> np.ndarray:
   """The image as the model sees it, in pixel units at the model's input size."""
-  from alexnet_jax import interpret
-  return interpret.resize_to_model(loaded.preprocessing.load(path),
-                                   loaded.preprocessing.image_size)
+  from alexnet_jax.tools import interpret
+  return interpret.resize_to_model(loaded.load_image(path), loaded.image_size)
 
 
 def _target(loaded, image: np.ndarray, label: str | None) -> tuple[int, str, float]:
@@ -251,12 +289,13 @@ def _short(name: str) -> str:
   return name.split(",")[0]
 
 
-def make_picture(args) -> pathlib.Path:
-  """Computes and writes the picture `args.picture`; returns its path."""
+def make_picture(args: Request) -> pathlib.Path:
+  """Computes and writes the picture `args.picture`; returns its path. UserError for a
+  missing IMAGE, --workdir or class, an unreadable image, or an unknown picture."""
   out = pathlib.Path(args.out) if args.out else _default_out(args, args.picture)
   if args.picture == "curves":
     if not args.workdir:
-      raise ValueError("curves needs --workdir (the run whose metrics.jsonl to draw).")
+      raise UsageError("curves needs --workdir (the run whose metrics.jsonl to draw).")
     return save(curves_figure(read_metrics(args.workdir), f"training curves: {args.workdir}"),
                 out)
   loaded = _load(args)
@@ -265,7 +304,7 @@ def make_picture(args) -> pathlib.Path:
                          loaded.description)
     return save(fig, out)
   if not args.image:
-    raise ValueError(f"{args.picture} needs an IMAGE path.")
+    raise UsageError(f"{args.picture} needs an IMAGE path.")
   image = _input_image(loaded, args.image)
   title = f"{pathlib.Path(args.image).name} | {loaded.description}"
   if args.picture == "activations":
@@ -275,67 +314,68 @@ def make_picture(args) -> pathlib.Path:
   name = _short(loaded.class_name(index))
   title = f"{title}\nclass: {caption}"
   if args.picture == "occlusion":
-    size = loaded.preprocessing.image_size
+    size = loaded.image_size
     patch = args.patch or max(1, round(size / 7))
     stride = args.stride or max(1, patch // 2)
-    from alexnet_jax import interpret
+    from alexnet_jax.tools import interpret
     values = loaded.probe.occlusion(image, index, patch=patch, stride=stride, fill=args.fill)
     heat = interpret.occlusion_to_pixels(values, (size, size), patch=patch, stride=stride)
     return save(occlusion_figure(image, heat, name, probability, patch, stride, title), out)
   if args.picture == "saliency":
     return save(saliency_figure(image, loaded.probe.saliency(image, index), name, title), out)
   if args.picture == "gradcam":
-    from alexnet_jax import interpret
+    from alexnet_jax.tools import interpret
     cam = interpret.upsample(loaded.probe.grad_cam(image, index), image.shape[:2])
     return save(gradcam_figure(image, cam, name, title), out)
-  raise ValueError(f"unknown picture {args.picture!r}; choose one of {', '.join(PICTURES)}.")
+  raise UsageError(f"unknown picture {args.picture!r}; choose one of {', '.join(PICTURES)}.")
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m alexnet_jax.visualize",
-                                   description="Pictures of a trained AlexNet (PNG).")
-  common = argparse.ArgumentParser(add_help=False)
-  common.add_argument("--workdir", help="a training run directory")
-  common.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
-  common.add_argument("--torchvision", metavar="FILE.pth", help="torchvision AlexNet weights")
-  common.add_argument("--image_size", type=int, default=None,
-                      help="with --torchvision: crop size (default 224)")
-  common.add_argument("--out", help="output PNG (default DIR/pictures/<picture>_<image>.png)")
-  with_image = argparse.ArgumentParser(add_help=False)
-  with_image.add_argument("image", metavar="IMAGE", help="a JPEG or PNG file")
-  with_class = argparse.ArgumentParser(add_help=False)
-  with_class.add_argument("--label", default=None,
-                          help="class index or name (default: the top predicted class)")
-  sub = parser.add_subparsers(dest="picture", required=True, metavar="PICTURE")
-  sub.add_parser("filters", parents=[common], help="conv1 filters as a grid (towers side by side)")
-  activations = sub.add_parser("activations", parents=[common, with_image],
-                               help="activation maps of one layer for an image")
-  activations.add_argument("--layer", default="conv1", help="conv1, pool1, conv2 ... pool5")
-  activations.add_argument("--max_channels", type=int, default=32)
-  occlusion = sub.add_parser("occlusion", parents=[common, with_image, with_class],
-                             help="class probability as a grey square slides over the image")
-  occlusion.add_argument("--patch", type=int, default=None, help="square side (default size/7)")
-  occlusion.add_argument("--stride", type=int, default=None, help="step (default patch/2)")
-  occlusion.add_argument("--fill", type=float, default=128.0, help="grey level, 0-255")
-  sub.add_parser("saliency", parents=[common, with_image, with_class],
-                 help="gradient of the class score with respect to the pixels")
-  sub.add_parser("gradcam", parents=[common, with_image, with_class], help="Grad-CAM on conv5")
-  sub.add_parser("curves", parents=[common], help="loss and top-1 from DIR/metrics.jsonl")
-  return parser
+def define_flags() -> None:
+  """visualize's flags (absl); the picture and IMAGE are the positional arguments."""
+  from alexnet_jax.tools import predict
+  predict.define_model_flags()
+  cli.define("string", "out", None, "output PNG (default DIR/pictures/<picture>_<image>.png)")
+  cli.define("string", "layer", "conv1", "activations: conv1, pool1, conv2 ... pool5")
+  cli.define("integer", "max_channels", 32, "activations: how many channels to show")
+  cli.define("string", "label", None,
+             "occlusion, saliency, gradcam: class index or name (default: the top predicted "
+             "class)")
+  cli.define("integer", "patch", None, "occlusion: square side (default size/7)")
+  cli.define("integer", "stride", None, "occlusion: step (default patch/2)")
+  cli.define("float", "fill", 128.0, "occlusion: grey level, 0-255")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  from alexnet_jax import predict
-  predict.quiet_library_logs()
-  try:
-    path = make_picture(args)
-  except (ValueError, FileNotFoundError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+def request_from_flags(argv: Sequence[str]) -> Request:
+  """The Request of absl's leftover `argv` (program, PICTURE [IMAGE]) and the parsed flags;
+  UsageError for a missing or unknown picture or extra arguments."""
+  positional = list(argv[1:])
+  if not positional:
+    raise UsageError(f"Name the picture first: one of {', '.join(PICTURES)}.")
+  picture, rest = positional[0], positional[1:]
+  if picture not in PICTURES:
+    raise UsageError(f"Unknown picture {picture!r}; choose one of {', '.join(PICTURES)}.")
+  if len(rest) > 1 or (rest and picture in ("filters", "curves")):
+    raise UsageError(f"Unexpected arguments for {picture}: {' '.join(rest)}.")
+  fields = {f.name for f in dataclasses.fields(Request)} - {"picture", "image"}
+  return Request(picture=picture, image=rest[0] if rest else None,
+                 **{name: FLAGS[name].value for name in fields})
+
+
+@cli.report_user_errors
+def main(argv: Sequence[str]) -> int:
+  """Writes one picture and prints `wrote PATH`; returns 0, or 1 (2) on a UserError
+  (UsageError)."""
+  from alexnet_jax.runtime import logs
+  logs.quiet_library_logs()
+  path = make_picture(request_from_flags(argv))
   print(f"wrote {path}")
   return 0
 
 
+def run() -> None:
+  """`python -m alexnet_jax.visualize`: absl flags, then main."""
+  cli.run(define_flags, main)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  run()

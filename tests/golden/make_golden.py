@@ -25,7 +25,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from alexnet_jax import convert, models  # noqa: E402
+from alexnet_jax import models  # noqa: E402
+from alexnet_jax.transfer import convert  # noqa: E402
 
 GOLDEN_FILE = pathlib.Path(__file__).with_name("logits.npz")
 GOLDEN_SEED = 2012

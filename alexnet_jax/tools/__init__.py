@@ -1,0 +1,1 @@
+"""Command-line tools around a trained model: predict, visualize, interpret, prepare."""

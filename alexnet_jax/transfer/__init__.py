@@ -1,0 +1,1 @@
+"""Weights in and out: PyTorch-layout conversion (convert) and init_from merging (finetune)."""
