@@ -9,12 +9,61 @@ from __future__ import annotations
 
 import ml_collections
 
+from alexnet_jax.errors import UserError
+
 # Per-channel RGB mean of ImageNet training pixels, 0-255 (Caffe's ilsvrc_2012_mean, averaged
 # over the image): the paper subtracted the mean image and did not divide.
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 # torchvision's normalization (0-1 mean/std) expressed in 0-255 units.
 TORCHVISION_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 TORCHVISION_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+MODEL_VARIANTS = ("paper", "torchvision", "d2l", "alexnet_bn")
+
+
+def model_preset(variant: str) -> dict:
+  """Every `config.model.*` field with its default for `variant`: the only home of them.
+
+  `base_config().model` is `model_preset("paper")`; `models.create_model` fills fields a
+  config leaves out from here. Returns a fresh dict of Python scalars (str, int, float,
+  bool). Raises ValueError naming `model.variant` for a variant not in MODEL_VARIANTS.
+  Sources of the values: docs/model.md (paper, LRN convention, 224 vs 227, init schemes).
+  """
+  if variant not in MODEL_VARIANTS:
+    raise UserError(f"model.variant={variant!r} is not one of "
+                     f"{', '.join(repr(v) for v in MODEL_VARIANTS)}.")
+  per_variant = {
+      # The paper states 224x224 inputs; 227 (Caffe's choice) is also supported.
+      "paper": dict(num_classes=1000, in_channels=3, image_size=224, init="paper"),
+      # torchvision.models.alexnet and PyTorch's default init.
+      "torchvision": dict(num_classes=1000, in_channels=3, image_size=224, init="torch"),
+      # Dive into Deep Learning: Fashion-MNIST (1 channel, 10 classes) upsampled to 224.
+      "d2l": dict(num_classes=10, in_channels=1, image_size=224, init="xavier"),
+      # You et al. (2017) started from Caffe's BVLC AlexNet, hence its init (docs/model.md).
+      "alexnet_bn": dict(num_classes=1000, in_channels=3, image_size=224, init="caffe"),
+  }[variant]
+  return dict(
+      variant=variant,  # paper | torchvision | d2l | alexnet_bn
+      num_classes=per_variant["num_classes"],
+      in_channels=per_variant["in_channels"],
+      image_size=per_variant["image_size"],  # paper, alexnet_bn: 224 or 227 only
+      dropout_rate=0.5,  # on fc6/fc7, train only
+      dtype="float32",  # compute dtype: float32 | bfloat16; parameters stay float32
+      init=per_variant["init"],  # paper | caffe | xavier | torch
+      # How the 2-group convs run: auto | towers (one conv per group, concatenated) |
+      # feature_group_count (one XLA grouped conv). auto picks per backend (docs/model.md).
+      group_impl="auto",
+      # Which forms of conv, LRN and max pool run: auto | plain (XLA's own ops, for GPU/TPU) |
+      # cpu (forms measured faster on XLA:CPU). auto picks per backend; same parameters and
+      # (to float rounding) same values either way (docs/model.md, "Kernel forms").
+      kernels="auto",
+      lrn_k=2.0,
+      lrn_size=5,
+      lrn_alpha=1e-4,
+      lrn_beta=0.75,
+      lrn_alpha_divided_by_size=True,  # cuda-convnet, Caffe, PyTorch; see docs/model.md
+  )
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -34,10 +83,20 @@ def base_config() -> ml_collections.ConfigDict:
   # where the source has crops); it costs one more pass per view over the eval split.
   c.eval_report = True
   c.eval_report_confusions = 20  # how many of the most confused (true, predicted) pairs
-  # Process settings for XLA:CPU, applied by the command line before JAX starts
-  # (alexnet_jax/cpu_runtime.py): glibc keeps freed memory instead of page-faulting each
-  # step's scratch buffer back in, and convolutions take XLA's Eigen path. Speed only.
+  # Process settings for XLA:CPU, applied by the command line before JAX starts and only when
+  # JAX's backend will be the CPU (alexnet_jax/runtime/cpu_runtime.py): glibc keeps freed memory
+  # instead of page-faulting each step's scratch buffer back in. Speed only.
   c.cpu_runtime_tuning = True
+  # Also send XLA:CPU's convolutions to its Eigen path (faster conv gradients on the 2-core
+  # machine it was measured on) -- off by default: it raised peak memory about 2.7x and breaks
+  # parallel.model=2 ("unsupported layout in YNN fusion"). docs/model.md, "Process settings".
+  c.cpu_eigen_convolutions = False
+  # Persistent XLA compilation cache: "" = the user's cache directory
+  # ($XDG_CACHE_HOME or ~/.cache)/alexnet_jax/jax_compilation_cache; "off" disables it.
+  c.compilation_cache_dir = ""
+  # Warn once when the train loss stays within 1% of chance (ln num_classes) for this many
+  # steps after warm-up; <= 0 never warns.
+  c.stall_warning_steps = 200
 
   # Fine-tuning / transfer learning (docs/inference.md). Applied once, when a run starts with
   # no checkpoint of its own; a resumed run continues from its checkpoint.
@@ -53,12 +112,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.source = "synthetic"  # synthetic | fashion_mnist | tfds | folder | auto
   c.data.data_dir = ""  # "" = the source's default location
   c.data.num_workers = 0  # Grain worker processes; 0 = load in the main process
-  c.data.prefetch_batches = 2
+  c.data.prefetch_batches = 2  # host batches loaded ahead of the step
+  c.data.device_prefetch = 2  # batches already transferred to the devices ahead of the step
   # Normalization on the device: (uint8 image - mean) / std, per channel, 0-255 units.
   c.data.mean = IMAGENET_MEAN_RGB
   c.data.std = (1.0, 1.0, 1.0)
   c.data.num_train_examples = 1024  # synthetic source only
   c.data.num_eval_examples = 256  # synthetic source only
+  c.data.synthetic_pool_size = 256  # synthetic: distinct pre-generated images, reused
   c.data.max_skip_fraction = 0.001  # stop when more than this share of records is unreadable
   c.data.train_transform = "paper"  # paper | inception
   c.data.resize_size = 256  # shorter side before the crop
@@ -68,20 +129,8 @@ def base_config() -> ml_collections.ConfigDict:
   # scaling via PIL's draft mode), never below the crop's resolution; see docs/data.md.
   c.data.jpeg_draft = True
 
-  c.model = ml_collections.ConfigDict()
-  c.model.variant = "paper"  # paper | torchvision | d2l | alexnet_bn
-  c.model.num_classes = 1000
-  c.model.in_channels = 3
-  c.model.image_size = 224
-  c.model.dropout_rate = 0.5
-  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16; parameters stay float32
-  c.model.init = "paper"  # paper | caffe | xavier | torch
-  c.model.group_impl = "auto"  # auto | towers | feature_group_count
-  c.model.lrn_k = 2.0
-  c.model.lrn_size = 5
-  c.model.lrn_alpha = 1e-4
-  c.model.lrn_beta = 0.75
-  c.model.lrn_alpha_divided_by_size = True  # cuda-convnet, Caffe, PyTorch; see docs/model.md
+  # Every model field and its default, from one table (model_preset); configs/ change them.
+  c.model = ml_collections.ConfigDict(model_preset("paper"))
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "sgd"  # sgd (the paper's momentum form) | adamw | lars

@@ -161,37 +161,51 @@ def build_torch_model(variant: str, **kwargs) -> nn.Module:
 # Benchmark
 # --------------------------------------------------------------------------------------
 
-def benchmark(variant="paper", batch=32, steps=10, image_size=227, warmup=2, seed=0) -> dict:
-    """Time SGD(momentum 0.9, weight decay 5e-4) training steps on random data."""
+def benchmark(variant="paper", batch=32, steps=10, image_size=227, warmup=2, seed=0,
+              device="cpu", bf16=False, channels_last=False, compile=False) -> dict:
+    """Time SGD(momentum 0.9, weight decay 5e-4) training steps on random data.
+
+    device: 'cpu' or 'cuda'. bf16: bfloat16 autocast (parameters stay float32, as
+    alexnet_jax's model.dtype=bfloat16). channels_last: NHWC memory format (what cuDNN is
+    fastest with). compile: torch.compile the model (the first steps compile; warmup>=3).
+    """
     torch.manual_seed(seed)
     kwargs = {} if variant == "torchvision" else {"image_size": image_size}
-    model = build_torch_model(variant, **kwargs).train()
+    model = build_torch_model(variant, **kwargs).train().to(device)
     in_channels = model.conv1.in_channels if hasattr(model, "conv1") else 3
     num_classes = (model.fc8 if hasattr(model, "fc8") else model.classifier[6]).out_features
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    images = torch.randn(batch, in_channels, image_size, image_size)
-    labels = torch.randint(0, num_classes, (batch,))
+    images = torch.randn(batch, in_channels, image_size, image_size, device=device)
+    images = images.contiguous(memory_format=memory_format)
+    labels = torch.randint(0, num_classes, (batch,), device=device)
     loss_fn = nn.CrossEntropyLoss()
+    forward = torch.compile(model) if compile else model
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(images), labels)
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(forward(images), labels)
         loss.backward()
         optimizer.step()
         return loss.item()  # forces the step to finish
 
-    for _ in range(warmup):
+    for _ in range(max(warmup, 3 if compile else 0)):
         step()
     start = time.perf_counter()
     for _ in range(steps):
         step()
     elapsed = time.perf_counter() - start
     return {
-        "framework": "torch", "variant": variant,
+        "framework": "torch", "torch": torch.__version__, "variant": variant,
         "images_per_sec": round(batch * steps / elapsed, 3),
         "step_time_ms": round(1e3 * elapsed / steps, 2),
         "batch": batch, "image_size": image_size,
-        "threads": torch.get_num_threads(), "device": "cpu",
+        "threads": torch.get_num_threads(), "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "dtype": "bfloat16" if bf16 else "float32", "channels_last": channels_last,
+        "compile": compile,
     }
 
 
@@ -203,11 +217,17 @@ def main(argv=None) -> None:
     parser.add_argument("--image_size", type=int, default=227)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(json.dumps(benchmark(args.variant, args.batch, args.steps, args.image_size,
-                               args.warmup)), flush=True)
+                               args.warmup, device=args.device, bf16=args.bf16,
+                               channels_last=args.channels_last, compile=args.compile)),
+          flush=True)
 
 
 if __name__ == "__main__":

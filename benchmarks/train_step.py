@@ -41,6 +41,8 @@ _TORCH_SAME_ALLOCATOR = flags.DEFINE_bool(
     "torch_same_allocator", True,
     "With --compare_torch, also time torch with glibc set to keep freed memory as the tuned "
     "JAX process does (env MALLOC_*), and print that ratio too.")
+_KERNELS = flags.DEFINE_enum("kernels", None, ["auto", "plain", "cpu"],
+                             "Override config.model.kernels (layer forms; docs/model.md).")
 flags.mark_flag_as_required("config")
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -102,6 +104,8 @@ def main(argv):
   config.eval_batch_size = _BATCH.value
   if _GROUP_IMPL.value:
     config.model.group_impl = _GROUP_IMPL.value
+  if _KERNELS.value:
+    config.model.kernels = _KERNELS.value
   if _DTYPE.value:
     config.model.dtype = _DTYPE.value
   for _ in range(_REPEATS.value):

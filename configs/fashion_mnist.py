@@ -8,7 +8,7 @@ at loss 2.30 for most of an epoch. `--config.optimizer.momentum=0` gives d2l's e
 Slow on a laptop CPU (about 30 images/s on 2 cores): see configs/quickstart.py.
 """
 
-from alexnet_jax.config_base import base_config
+from alexnet_jax.config_base import base_config, model_preset
 
 
 def get_config():
@@ -21,11 +21,8 @@ def get_config():
   c.num_epochs = 10.0
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
-  c.model.variant = "d2l"
-  c.model.num_classes = 10
-  c.model.in_channels = 1
+  c.model.update(model_preset("d2l"))  # single tower, 1 channel, 10 classes, xavier init
   c.model.image_size = 224
-  c.model.init = "xavier"
   c.optimizer.learning_rate = 0.01
   c.optimizer.momentum = 0.9
   c.optimizer.weight_decay = 0.0

@@ -11,7 +11,7 @@ to fit a 10-minute budget on a 2-core laptop CPU, compilation and a final evalua
 See README "Quickstart" for the measured accuracy and time.
 """
 
-from alexnet_jax.config_base import base_config
+from alexnet_jax.config_base import base_config, model_preset
 
 
 def get_config():
@@ -26,11 +26,8 @@ def get_config():
   c.eval_every_steps = 100000  # one evaluation, at the end
   c.checkpoint_every_steps = 100
   c.keep_checkpoints = 2
-  c.model.variant = "d2l"
-  c.model.num_classes = 10
-  c.model.in_channels = 1
+  c.model.update(model_preset("d2l"))  # single tower, 1 channel, 10 classes, xavier init
   c.model.image_size = 112
-  c.model.init = "xavier"
   c.optimizer.learning_rate = 0.02
   c.optimizer.momentum = 0.9
   c.optimizer.weight_decay = 0.0

@@ -1,6 +1,6 @@
 """Convert AlexNet parameters between this project's Flax tree and PyTorch's layout.
 
-Flax tree (models.py)                        PyTorch layout (this module)
+Flax tree (models/)                          PyTorch layout (this module)
   conv{i}: kernel (kh, kw, in/groups, out)     conv{i}.weight (out, in/groups, kh, kw)
            bias   (out,)                       conv{i}.bias   (out,)
   fc{j}:   kernel (in, out)                    fc{j}.weight   (out, in)

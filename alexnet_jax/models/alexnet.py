@@ -1,0 +1,335 @@
+"""The Flax modules (Conv, Dense, AlexNet) and the table of variants.
+
+Conv and dense parameters are written by hand with ``self.param`` so that the grouped kernel
+``(kh, kw, in/groups, out)`` is the same array whichever form runs it (towers or
+``feature_group_count``; plain or XLA:CPU kernels; one device or one tower per device).
+Checkpoints are therefore interchangeable between all of them.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+# The package itself, for validate_model_config and resolve_kernels at call time (the
+# package imports this module first; by the time a model runs, both are complete).
+from alexnet_jax.errors import UserError
+from alexnet_jax import config_base, models
+from alexnet_jax.models import cpu_kernels, layers
+from alexnet_jax.models.initializers import layer_initializers
+from alexnet_jax.models.towers import (PAPER_TOWERS, _batch_axes, _context_mesh,
+                                       sharded_dense, tower_conv, tower_local, tower_mesh)
+
+VARIANTS = config_base.MODEL_VARIANTS  # ("paper", "torchvision", "d2l", "alexnet_bn")
+# Variants built of the paper's two towers (grouped conv2/4/5): the ones model parallelism
+# over a two-device 'model' axis can split the way the paper split them over two GPUs.
+TWO_TOWER_VARIANTS = ("paper", "alexnet_bn")
+# Variants with batch normalization, hence a 'batch_stats' collection.
+BATCH_NORM_VARIANTS = ("alexnet_bn",)
+# BatchNorm constants of alexnet_bn (running average = 0.9 * old + 0.1 * batch).
+BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
+# Dense layers whose kernels sharding.fsdp shards over the data axis (90% of the parameters).
+FSDP_LAYERS = ("fc6", "fc7")
+DTYPES = ("float32", "bfloat16")
+PAPER_IMAGE_SIZES = (224, 227)
+
+LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+# Per variant and conv layer: (out_channels, kernel, stride, padding, groups).
+# The paper's conv1 padding depends on image_size and is filled in by conv_specs.
+_CONV_SPECS = {
+    "paper": {
+        "conv1": (96, 11, 4, None, 1),
+        "conv2": (256, 5, 1, 2, 2),
+        "conv3": (384, 3, 1, 1, 1),  # the only conv that mixes the two towers
+        "conv4": (384, 3, 1, 1, 2),
+        "conv5": (256, 3, 1, 1, 2),
+    },
+    "torchvision": {
+        "conv1": (64, 11, 4, 2, 1),
+        "conv2": (192, 5, 1, 2, 1),
+        "conv3": (384, 3, 1, 1, 1),
+        "conv4": (256, 3, 1, 1, 1),
+        "conv5": (256, 3, 1, 1, 1),
+    },
+    "d2l": {
+        "conv1": (96, 11, 4, 1, 1),
+        "conv2": (256, 5, 1, 2, 1),
+        "conv3": (384, 3, 1, 1, 1),
+        "conv4": (384, 3, 1, 1, 1),
+        "conv5": (256, 3, 1, 1, 1),
+    },
+}
+_CONV_SPECS["alexnet_bn"] = dict(_CONV_SPECS["paper"])  # same convs; BN replaces LRN
+# Max-pool 3x3 stride 2 ("overlapping pooling") follows these convs in every variant.
+POOLED_AFTER = ("conv1", "conv2", "conv5")
+FC_HIDDEN = 4096
+TORCHVISION_POOL_OUTPUT = 6  # AdaptiveAvgPool2d((6, 6))
+
+STAGE_SUFFIX = "_output"
+STAGES = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5",
+          "avgpool", "flatten", "fc6", "fc7", "fc8")
+
+# Config field names as they appear under config.model.* (config_base.model_preset is their
+# one home). The module field for `init` is called `init_scheme`, because a field named
+# `init` would shadow `nn.Module.init`.
+CONFIG_FIELDS = tuple(config_base.model_preset("paper"))
+
+# Kernel forms by name: modules with the same conv / local_response_norm / max_pool.
+_FORMS = {"plain": layers, "cpu": cpu_kernels}
+
+
+def kernel_forms(kernels: str) -> ModuleType:
+  """The module of layer forms for a resolved ``kernels`` value: 'plain' -> ``layers``,
+  'cpu' -> ``cpu_kernels``. Raises ValueError for anything else (resolve 'auto' first with
+  ``models.resolve_kernels``)."""
+  if kernels not in _FORMS:
+    raise UserError(f"kernels={kernels!r} is not a resolved kernel form ('plain', 'cpu'); "
+                     "resolve model.kernels with models.resolve_kernels first.")
+  return _FORMS[kernels]
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+  """Spatial output size of a conv/pool (floor mode, as PyTorch and Caffe's conv)."""
+  if size + 2 * padding < kernel:
+    return 0
+  return (size + 2 * padding - kernel) // stride + 1
+
+
+def _paper_conv1_padding(image_size: int) -> int:
+  # 227 gives 55x55 with no padding (Caffe); 224 needs padding 2 (torchvision's choice).
+  return 0 if image_size == 227 else 2
+
+
+def conv_specs(variant: str, image_size: int) -> dict:
+  """{conv name: (out_channels, kernel, stride, padding, groups)} of ``variant`` at
+  ``image_size`` (the two-tower variants pad conv1 by 0 at 227, 2 at 224)."""
+  specs = dict(_CONV_SPECS[variant])
+  if variant in TWO_TOWER_VARIANTS:
+    out, k, s, _, g = specs["conv1"]
+    specs["conv1"] = (out, k, s, _paper_conv1_padding(image_size), g)
+  return specs
+
+
+class Conv(nn.Module):
+  """Square conv with HWIO kernel (kh, kw, in/groups, out) and bias, float32 params.
+
+  ``group_impl`` ('towers' | 'feature_group_count') and ``kernels`` ('plain' | 'cpu') are
+  resolved values (``models.resolve_kernels``); they never change the parameters.
+  ``input_split`` (tower mode only): the input already holds one tower per device.
+  Input (N, H, W, C) any float dtype; output (N, H', W', features) in ``dtype``.
+  """
+
+  features: int
+  kernel_size: int
+  stride: int
+  padding: int
+  groups: int
+  group_impl: str
+  kernels: str
+  init_scheme: str
+  dtype: Any
+  use_bias: bool = True
+  tower_axis: str | None = None
+  input_split: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    in_channels = x.shape[-1]
+    if in_channels % self.groups or self.features % self.groups:
+      raise UserError(f"{self.name}: channels {in_channels}->{self.features} "
+                       f"do not split into {self.groups} groups.")
+    shape = (self.kernel_size, self.kernel_size, in_channels // self.groups, self.features)
+    kernel_init, bias_init = layer_initializers(
+        self.init_scheme, self.name, fan_in=int(np.prod(shape[:-1])))
+    kernel = self.param("kernel", kernel_init, shape, jnp.float32).astype(self.dtype)
+    bias = None
+    if self.use_bias:
+      bias = self.param("bias", bias_init, (self.features,), jnp.float32).astype(self.dtype)
+    x = x.astype(self.dtype)
+    conv_fn = kernel_forms(self.kernels).conv
+    mesh = None if self.is_initializing() else tower_mesh(self.tower_axis)
+    if mesh is not None:
+      return tower_conv(x, kernel, bias, stride=self.stride, padding=self.padding,
+                        groups=self.groups, input_split=self.input_split, mesh=mesh,
+                        tower_axis=self.tower_axis, conv_fn=conv_fn)
+    y = layers.grouped_conv(x, kernel, stride=self.stride, padding=self.padding,
+                            groups=self.groups, impl=self.group_impl, conv_fn=conv_fn)
+    return y if bias is None else y + bias
+
+
+class Dense(nn.Module):
+  """Dense layer with kernel (in, out) and bias, float32 params; (N, in) -> (N, features).
+
+  ``tower_axis``: split the output features over the towers when that mesh axis is in
+  context. ``fsdp_axis``: the kernel is stored sharded over this axis (parallel.fsdp) and
+  gathered for use here, so its gradient is reduce-scattered back.
+  """
+
+  features: int
+  init_scheme: str
+  dtype: Any
+  tower_axis: str | None = None
+  fsdp_axis: str | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    shape = (x.shape[-1], self.features)
+    kernel_init, bias_init = layer_initializers(self.init_scheme, self.name, fan_in=shape[0])
+    kernel = self.param("kernel", kernel_init, shape, jnp.float32)
+    bias = self.param("bias", bias_init, (self.features,), jnp.float32)
+    x, kernel, bias = (v.astype(self.dtype) for v in (x, kernel, bias))
+    if self.is_initializing():
+      return x @ kernel + bias
+    towers = tower_mesh(self.tower_axis)
+    tower_axis = (self.tower_axis if towers is not None
+                  and self.features % PAPER_TOWERS == 0 else None)
+    context = _context_mesh()
+    fsdp_axis = (self.fsdp_axis if self.fsdp_axis is not None and self.name in FSDP_LAYERS
+                 and context is not None and self.fsdp_axis in context.axis_names else None)
+    if tower_axis is not None or fsdp_axis is not None:
+      return sharded_dense(x, kernel, bias, mesh=context, tower_axis=tower_axis,
+                           fsdp_axis=fsdp_axis, gather_output=self.name == "fc8")
+    if towers is not None:  # features that do not split in two (an odd num_classes)
+      x = jax.lax.with_sharding_constraint(x, P(_batch_axes(towers, self.tower_axis)))
+    return x @ kernel + bias
+
+
+class AlexNet(nn.Module):
+  """AlexNet; fields are the ``config.model.*`` fields (``init`` -> ``init_scheme``).
+
+  Build it with ``models.create_model(**config.model)``, which validates the fields and fills
+  missing ones from ``config_base.model_preset(variant)``; the fields have no defaults here.
+
+  Call with NHWC float images (N, image_size, image_size, in_channels), already normalized,
+  and ``train``; dropout draws from the 'dropout' rng collection. Returns float32 logits
+  (N, num_classes). Collections: 'params', and for alexnet_bn 'batch_stats' (running BN
+  statistics: updated when ``train`` and ``mutable=['batch_stats']``, used when not
+  ``train``). Raises ValueError for a bad field (naming ``model.<field>``) or images of
+  another shape.
+
+  ``kernels`` and ``group_impl`` pick the forms that run (``models.resolve_kernels``, the one
+  place that looks at the backend when either is 'auto'); parameters and values (to float
+  rounding) are the same for every choice.
+
+  Two fields are not ``config.model`` fields but mesh axis names from ``config.parallel``
+  (docs/parallel.md); they move computation, never change values or parameters:
+  ``tower_axis`` runs one tower per device of that axis when a mesh with it is in context;
+  ``fsdp_axis`` gathers fc6/fc7's kernels, stored sharded over that axis, for their use.
+  """
+
+  variant: str
+  num_classes: int
+  in_channels: int
+  image_size: int
+  init_scheme: str
+  dropout_rate: float
+  dtype: str
+  group_impl: str
+  kernels: str
+  lrn_k: float
+  lrn_size: int
+  lrn_alpha: float
+  lrn_beta: float
+  lrn_alpha_divided_by_size: bool
+  tower_axis: str | None = None
+  fsdp_axis: str | None = None
+
+  def config(self) -> dict:
+    """The fields as a ``config.model`` dict (with ``init``, not ``init_scheme``)."""
+    cfg = {f: getattr(self, f) for f in CONFIG_FIELDS if f != "init"}
+    cfg["init"] = self.init_scheme
+    return cfg
+
+  def _check_images(self, images) -> None:
+    expected = (self.image_size, self.image_size, self.in_channels)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+      raise UserError(
+          f"AlexNet expects NHWC images of shape (N, {expected[0]}, {expected[1]}, "
+          f"{expected[2]}) from model.image_size={self.image_size} and "
+          f"model.in_channels={self.in_channels}, got {tuple(images.shape)}.")
+
+  def _record(self, stage: str, x) -> None:
+    # Sown names may not equal submodule names, hence the suffix; layer_shapes strips it.
+    self.sow("intermediates", stage + STAGE_SUFFIX, x)
+
+  def _lrn(self, x, forms: ModuleType):
+    lrn = functools.partial(
+        forms.local_response_norm, size=self.lrn_size, k=self.lrn_k, alpha=self.lrn_alpha,
+        beta=self.lrn_beta, alpha_divided_by_size=self.lrn_alpha_divided_by_size)
+    mesh = None if self.is_initializing() else tower_mesh(self.tower_axis)
+    if mesh is not None:  # one tower per device: LRN is local to it
+      return tower_local(functools.partial(lrn, groups=1), x, mesh=mesh,
+                         tower_axis=self.tower_axis)
+    return lrn(x, groups=PAPER_TOWERS)
+
+  @nn.compact
+  def __call__(self, images, *, train: bool):
+    models.validate_model_config(self.config())
+    self._check_images(images)
+    choice = models.resolve_kernels(self.kernels, self.group_impl)
+    forms = kernel_forms(choice.kernels)
+    dtype = jnp.dtype(self.dtype)
+    x = images.astype(dtype)
+
+    batch_norm = self.variant in BATCH_NORM_VARIANTS
+    for name, (features, kernel, stride, padding, groups) in conv_specs(
+        self.variant, self.image_size).items():
+      # With BN after it a conv's bias is redundant (BN subtracts the mean): none.
+      x = Conv(features, kernel, stride, padding, groups, choice.group_impl, choice.kernels,
+               self.init_scheme, dtype, use_bias=not batch_norm,
+               tower_axis=self.tower_axis, input_split=name != "conv1", name=name)(x)
+      if batch_norm:  # before the ReLU, as Ioffe & Szegedy place it
+        x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                         epsilon=BN_EPSILON, dtype=dtype, param_dtype=jnp.float32,
+                         name=name.replace("conv", "bn"))(x)
+      x = nn.relu(x)
+      self._record(name, x)
+      if self.variant == "paper" and name in ("conv1", "conv2"):
+        x = self._lrn(x, forms)  # after ReLU, before pooling, as in the paper
+      if name in POOLED_AFTER:
+        x = forms.max_pool(x)
+        self._record(name.replace("conv", "pool"), x)
+
+    if self.variant == "torchvision":
+      x = layers.adaptive_avg_pool(x, TORCHVISION_POOL_OUTPUT)
+      self._record("avgpool", x)
+    x = x.reshape(x.shape[0], -1)  # NHWC flatten; convert.py reorders for PyTorch
+    self._record("flatten", x)
+    x = self._classifier(x, train)
+    return x.astype(jnp.float32)
+
+  def _classifier(self, x, train: bool):
+    dtype = jnp.dtype(self.dtype)
+    dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+    dense = functools.partial(Dense, init_scheme=self.init_scheme, dtype=dtype,
+                              tower_axis=self.tower_axis, fsdp_axis=self.fsdp_axis)
+    # torchvision drops fc6's and fc7's inputs; paper and d2l drop fc6's and fc7's
+    # outputs after the ReLU (= the inputs of fc7 and fc8).
+    drop_before = self.variant == "torchvision"
+    for name in ("fc6", "fc7"):
+      if drop_before:
+        x = dropout(x)
+      x = nn.relu(dense(FC_HIDDEN, name=name)(x))
+      if not drop_before:
+        x = dropout(x)
+      self._record(name, x)
+    x = dense(self.num_classes, name="fc8")(x)
+    self._record("fc8", x)
+    return x
+
+
+__all__ = [
+    "AlexNet", "BATCH_NORM_VARIANTS", "BN_EPSILON", "BN_MOMENTUM", "CONFIG_FIELDS", "Conv",
+    "DTYPES", "Dense", "FC_HIDDEN", "FSDP_LAYERS", "LAYER_NAMES", "PAPER_IMAGE_SIZES",
+    "POOLED_AFTER", "STAGES", "STAGE_SUFFIX",
+    "TORCHVISION_POOL_OUTPUT", "TWO_TOWER_VARIANTS", "VARIANTS", "conv_out", "conv_specs",
+    "kernel_forms",
+]

@@ -1,0 +1,337 @@
+"""Every GPU measurement of the project in ONE command (under 8 minutes on one H100/H200).
+
+  python benchmarks/gpu_suite.py --out=benchmarks/results/gpu_suite_h200.jsonl
+  python benchmarks/gpu_suite.py --smoke          # on a CPU, in about a minute: checks it runs
+
+Prints one JSON line per measurement (also appended to --out), each with `section`, and
+`images_per_sec` for throughput lines. Sections, in order (--sections to choose):
+- `step`: the trainer's own jitted train step (experiment.build) on a batch already on the
+  device, best of --repeats timings of --steps steps: paper and torchvision with the forms
+  `auto` chooses, bfloat16 at batch 128/512/1024 and float32 at 512; and every kernel form of
+  the paper net (kernels plain|cpu x group_impl towers|feature_group_count) at bf16 batch 512.
+- `torch`: the same paper net in PyTorch (benchmarks/torch_reference.py), channels_last, bf16
+  autocast, batch 512, eager and torch.compile, when torch with CUDA is importable.
+- `end_to_end`: `python -m alexnet_jax.main` on synthetic data (bf16, batch 512) for
+  --e2e_steps steps: its logged images/s against the step alone.
+- `startup`: launch to the first logged step with a cold and then a warm compilation cache.
+- `fashion_mnist`: configs/fashion_mnist.py (the d2l recipe, 10 epochs): test top-1, wall time.
+- `proxy`: configs/imagenet.py's model and optimizer (default init, and model.init=paper) on
+  Fashion-MNIST repeated to RGB at 224 for 2 epochs: does each leave chance, test top-1.
+It needs jax (with CUDA), flax, optax, orbax and, for the torch section, torch; grain,
+ml_collections and tensorboardX travel as wheels (../shared/tools/device_wheels.sh).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from the working tree, no install needed
+
+SECTIONS = ("step", "torch", "end_to_end", "startup", "fashion_mnist", "proxy")
+_SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes on any backend: checks the suite runs.")
+_SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), f"Which of {SECTIONS}.")
+_OUT = flags.DEFINE_string("out", "", "Also append the JSON lines to this file.")
+_STEPS = flags.DEFINE_integer("steps", 40, "Timed steps per measurement (step section).")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timings per measurement; the best is kept.")
+_E2E_STEPS = flags.DEFINE_integer("e2e_steps", 600, "Steps of the end-to-end main run.")
+_WORKDIR = flags.DEFINE_string("workdir", "", "Scratch directory (default: a temporary one).")
+
+FASHION_MNIST_MEAN = 72.9  # 0-255, the proxy's mean (benchmarks/recipe_proxy.py)
+# --smoke: the command-line runs use a small single-tower model, so the suite checks its own
+# plumbing on a CPU in about a minute.
+SMOKE_MODEL = ["--config.model.variant=torchvision", "--config.model.image_size=65",
+               "--config.model.init=torch"]
+
+
+def _emit(record: dict) -> None:
+  line = json.dumps(record)
+  print(line, flush=True)
+  if _OUT.value:
+    with open(_OUT.value, "a", encoding="utf-8") as f:
+      f.write(line + "\n")
+
+
+def _environment() -> dict:
+  import jax
+  import flax
+  import optax
+  info = {"date": datetime.date.today().isoformat(), "jax": jax.__version__,
+          "flax": flax.__version__, "optax": optax.__version__,
+          "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+          "num_devices": jax.device_count(), "python": platform.python_version(),
+          "host_cpus": os.cpu_count(), "smoke": _SMOKE.value}
+  try:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,name,memory.total",
+                          "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+    info["nvidia_smi"] = out.stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    info["nvidia_smi"] = None
+  return info
+
+
+def load_config(name: str):
+  """configs/<name>.py's get_config() (configs/ is a folder of files, not a package)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"config_{name}", REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+# --------------------------------------------------------------------------------------------
+# step
+
+
+def _synthetic_config(variant: str, batch: int, dtype: str, kernels: str = "auto",
+                      group_impl: str = "auto"):
+  c = load_config("synthetic")
+  c.batch_size = c.eval_batch_size = batch
+  c.data.num_train_examples = c.data.num_eval_examples = batch
+  c.model.variant = variant
+  c.model.dtype = dtype
+  c.model.kernels, c.model.group_impl = kernels, group_impl
+  if variant == "torchvision":
+    c.model.image_size, c.model.init = 224, "torch"
+  if _SMOKE.value:
+    c.model.image_size = 227 if variant == "paper" else 65
+  return c
+
+
+def time_step(config) -> dict:
+  """images/s of the trainer's own train step on one batch kept on the device."""
+  import jax
+  import numpy as np
+
+  from alexnet_jax import experiment, sharding, state as state_lib
+
+  exp = experiment.build(config)
+  state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.mesh, 0)
+  size, channels = config.model.image_size, config.model.in_channels
+  rng = np.random.default_rng(0)
+  batch = sharding.to_global_batch({
+      "image": rng.integers(0, 256, (config.batch_size, size, size, channels), dtype=np.uint8),
+      "label": rng.integers(0, config.model.num_classes, config.batch_size, dtype=np.int32),
+  }, exp.mesh)
+  compile_start = time.perf_counter()
+  state, metrics = exp.train_step(state, batch)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - compile_start
+  best = float("inf")
+  for _ in range(_REPEATS.value):
+    start = time.perf_counter()
+    for _ in range(_STEPS.value):
+      state, metrics = exp.train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+    best = min(best, (time.perf_counter() - start) / _STEPS.value)
+  return {"variant": config.model.variant, "batch": config.batch_size,
+          "dtype": config.model.dtype, "image_size": size, "kernels": exp.kernels.kernels,
+          "group_impl": exp.kernels.group_impl,
+          "chosen_by_auto": config.model.kernels == "auto" and config.model.group_impl == "auto",
+          "images_per_sec": round(config.batch_size / best, 1),
+          "step_ms": round(best * 1e3, 3), "first_step_s": round(compile_s, 2)}
+
+
+def section_step() -> list[dict]:
+  if _SMOKE.value:
+    plan = [("paper", 8, "float32", "auto", "auto"), ("torchvision", 8, "float32", "plain", "auto")]
+  else:
+    plan = [(v, b, "bfloat16", "auto", "auto") for v in ("paper", "torchvision")
+            for b in (128, 512, 1024)]
+    plan += [(v, 512, "float32", "auto", "auto") for v in ("paper", "torchvision")]
+    plan += [("paper", 512, "bfloat16", k, g) for k in ("plain", "cpu")
+             for g in ("towers", "feature_group_count")]
+  out = []
+  for variant, batch, dtype, kernels, group_impl in plan:
+    record = {"section": "step", **time_step(
+        _synthetic_config(variant, batch, dtype, kernels, group_impl))}
+    _emit(record)
+    out.append(record)
+  return out
+
+
+# --------------------------------------------------------------------------------------------
+# torch
+
+
+def section_torch(steps: list[dict]) -> None:
+  try:
+    import torch
+  except ImportError:
+    _emit({"section": "torch", "skipped": "torch is not importable"})
+    return
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  batch = 8 if _SMOKE.value else 512
+  jax_paper = [s for s in steps if s["variant"] == "paper" and s["chosen_by_auto"]
+               and s["batch"] == batch and s["dtype"] == ("float32" if _SMOKE.value else "bfloat16")]
+  for compiled in ((False,) if _SMOKE.value else (False, True)):
+    command = [sys.executable, str(REPO / "benchmarks" / "torch_reference.py"),
+               f"--batch={batch}", f"--steps={2 if _SMOKE.value else _STEPS.value}",
+               "--image_size=227", f"--device={device}", "--channels_last"]
+    command += [] if _SMOKE.value else ["--bf16"]
+    command += ["--compile"] if compiled else []
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+      _emit({"section": "torch", "compile": compiled, "error": result.stderr[-2000:]})
+      continue
+    record = {"section": "torch", **json.loads(result.stdout.strip().splitlines()[-1])}
+    if jax_paper:
+      record["alexnet_jax_over_torch"] = round(
+          jax_paper[0]["images_per_sec"] / record["images_per_sec"], 3)
+    _emit(record)
+
+
+# --------------------------------------------------------------------------------------------
+# runs of the command line
+
+
+def _main_run(workdir: pathlib.Path, config: str, overrides: list[str], *, cache: str,
+              timeout: int = 900) -> dict:
+  """Runs python -m alexnet_jax.main; returns wall time, time to the first logged step, the
+  metrics records and the return code."""
+  command = [sys.executable, "-m", "alexnet_jax.main", f"--config={REPO / 'configs' / config}",
+             f"--workdir={workdir}", f"--config.compilation_cache_dir={cache}", *overrides]
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  started = time.time()
+  process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  first_step_s = None
+  lines = []
+  for line in process.stdout:
+    lines.append(line)
+    if first_step_s is None and re.search(r"\] step \d+/\d+", line):
+      first_step_s = time.time() - started
+  process.wait(timeout=timeout)
+  metrics_path = workdir / "metrics.jsonl"
+  records = ([json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+             if metrics_path.exists() else [])
+  return {"returncode": process.returncode, "wall_s": round(time.time() - started, 1),
+          "first_logged_step_s": None if first_step_s is None else round(first_step_s, 1),
+          "records": records, "log_tail": "".join(lines[-15:])}
+
+
+def _last(records: list[dict], key: str):
+  values = [r[key] for r in records if key in r]
+  return values[-1] if values else None
+
+
+def section_end_to_end(scratch: pathlib.Path, steps: list[dict]) -> None:
+  batch = 8 if _SMOKE.value else 512
+  num_steps = 6 if _SMOKE.value else _E2E_STEPS.value
+  overrides = [f"--config.batch_size={batch}", f"--config.eval_batch_size={batch}",
+               f"--config.num_train_steps={num_steps}", "--config.eval_at_end=false",
+               f"--config.data.num_train_examples={batch * 16}",
+               f"--config.log_every_steps={max(1, num_steps // 6)}",
+               f"--config.checkpoint_every_steps={num_steps}", "--config.data.num_workers=0"]
+  overrides += SMOKE_MODEL if _SMOKE.value else ["--config.model.dtype=bfloat16",
+                                                  "--config.model.image_size=227"]
+  run = _main_run(scratch / "e2e", "synthetic.py", overrides, cache=str(scratch / "cache_e2e"))
+  rates = [r["train/images_per_sec"] for r in run["records"] if "train/images_per_sec" in r]
+  steady = rates[1:] or rates  # the first window includes the run-up
+  record = {"section": "end_to_end", "batch": batch, "steps": num_steps,
+            "returncode": run["returncode"],
+            "images_per_sec": round(sum(steady) / len(steady), 1) if steady else None}
+  step = [s for s in steps if s["variant"] == "paper" and s["chosen_by_auto"]
+          and s["batch"] == batch and not _SMOKE.value]
+  if step and record["images_per_sec"]:
+    record["over_step_alone"] = round(record["images_per_sec"] / step[0]["images_per_sec"], 3)
+  if run["returncode"]:
+    record["log_tail"] = run["log_tail"]
+  _emit(record)
+
+
+def section_startup(scratch: pathlib.Path) -> None:
+  cache = scratch / "cache_startup"
+  shutil.rmtree(cache, ignore_errors=True)
+  batch = 8 if _SMOKE.value else 512
+  overrides = [f"--config.batch_size={batch}", f"--config.eval_batch_size={batch}",
+               "--config.num_train_steps=2", "--config.log_every_steps=1",
+               f"--config.data.num_train_examples={batch * 2}",
+               f"--config.data.num_eval_examples={batch}", "--config.data.num_workers=0"]
+  overrides += SMOKE_MODEL if _SMOKE.value else ["--config.model.dtype=bfloat16"]
+  for which in ("cold", "warm"):
+    run = _main_run(scratch / f"startup_{which}", "synthetic.py", overrides, cache=str(cache))
+    _emit({"section": "startup", "cache": which, "returncode": run["returncode"],
+           "first_logged_step_s": run["first_logged_step_s"], "wall_s": run["wall_s"]})
+
+
+def section_fashion_mnist(scratch: pathlib.Path) -> None:
+  overrides = ["--config.data.num_workers=4"]
+  if _SMOKE.value:
+    overrides = ["--config.num_train_steps=2", "--config.model.image_size=65",
+                 "--config.batch_size=8", "--config.eval_at_end=false",
+                 "--config.data.num_workers=0"]
+  run = _main_run(scratch / "fashion_mnist", "fashion_mnist.py", overrides,
+                  cache=str(scratch / "cache_fm"))
+  _emit({"section": "fashion_mnist", "config": "configs/fashion_mnist.py",
+         "returncode": run["returncode"], "wall_s": run["wall_s"],
+         "test_top1": _last(run["records"], "eval/top1"),
+         "test_examples": _last(run["records"], "eval/num_examples"),
+         "reference_top1": "about 0.88-0.90 (d2l)"})
+
+
+def section_proxy(scratch: pathlib.Path) -> None:
+  for init in ("default",) if _SMOKE.value else ("default", "paper"):
+    overrides = ["--config.data.source=fashion_mnist", "--config.model.num_classes=10",
+                 "--config.model.in_channels=3", "--config.data.num_workers=4",
+                 f"--config.data.mean=({FASHION_MNIST_MEAN},{FASHION_MNIST_MEAN},"
+                 f"{FASHION_MNIST_MEAN})", "--config.data.std=(1.,1.,1.)",
+                 "--config.batch_size=64", "--config.eval_batch_size=1000",
+                 "--config.num_epochs=2", "--config.schedule.name=constant",
+                 "--config.log_every_steps=50", "--config.checkpoint_every_steps=100000"]
+    if init != "default":
+      overrides.append(f"--config.model.init={init}")
+    if _SMOKE.value:
+      overrides += ["--config.num_train_steps=2", "--config.batch_size=8",
+                    "--config.eval_at_end=false", "--config.data.num_workers=0",
+                    "--config.model.image_size=227"]
+    run = _main_run(scratch / f"proxy_{init}", "imagenet.py", overrides,
+                    cache=str(scratch / "cache_proxy"))
+    losses = {r["step"]: r["train/loss"] for r in run["records"] if "train/loss" in r}
+    left = [s for s, loss in sorted(losses.items()) if loss < 0.95 * 2.302585]
+    _emit({"section": "proxy", "init": init, "returncode": run["returncode"],
+           "wall_s": run["wall_s"], "test_top1": _last(run["records"], "eval/top1"),
+           "steps_to_leave_chance": left[0] if left else None,
+           "loss_curve": {s: round(v, 4) for s, v in sorted(losses.items())}})
+
+
+def main(argv):
+  del argv
+  unknown = sorted(set(_SECTIONS.value) - set(SECTIONS))
+  if unknown:
+    raise app.UsageError(f"--sections: unknown {unknown}; choose from {SECTIONS}")
+  if _SMOKE.value:
+    flags.FLAGS.steps, flags.FLAGS.repeats = 2, 1
+  _emit({"section": "environment", **_environment()})
+  scratch = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="gpu_suite_"))
+  started = time.time()
+  steps = section_step() if "step" in _SECTIONS.value else []
+  if "torch" in _SECTIONS.value:
+    section_torch(steps)
+  if "end_to_end" in _SECTIONS.value:
+    section_end_to_end(scratch, steps)
+  if "startup" in _SECTIONS.value:
+    section_startup(scratch)
+  if "fashion_mnist" in _SECTIONS.value:
+    section_fashion_mnist(scratch)
+  if "proxy" in _SECTIONS.value:
+    section_proxy(scratch)
+  _emit({"section": "done", "seconds": round(time.time() - started, 1)})
+  if not _WORKDIR.value:
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
