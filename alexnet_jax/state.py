@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from alexnet_jax import optim, parallel
+from alexnet_jax import optim, sharding
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...]):
@@ -35,8 +35,8 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape: tu
 
 def state_shardings(abstract_state: Any, mesh: Mesh, model: Any = None) -> Any:
   # Data parallelism replicates everything; the model's tower/fsdp axes (config.parallel)
-  # split parameters, their optimizer state and BN statistics (parallel.state_shardings).
-  return parallel.state_shardings(abstract_state, mesh,
+  # split parameters, their optimizer state and BN statistics (sharding.state_shardings).
+  return sharding.state_shardings(abstract_state, mesh,
                                   tower_axis=getattr(model, "tower_axis", None),
                                   fsdp_axis=getattr(model, "fsdp_axis", None))
 
