@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
+import time
 from typing import Any, Callable
 
 import jax
@@ -70,6 +72,34 @@ class Experiment:
 
   def epoch_of(self, step: int) -> float:
     return step / self.steps_per_epoch
+
+  def precompile_eval(self) -> threading.Thread:
+    """Compiles the eval step for the eval batches' shapes in a background thread, so the
+    first evaluation does not pause for it (JAX reuses the compiled executable when the step
+    is first called). Returns the started thread; a failure there is only logged (the call
+    then compiles as usual)."""
+    def compile_eval():
+      try:
+        example = self.eval_split.transform(self.eval_split.source[0], np.random.default_rng(0))
+        batch_size = data_lib.effective_eval_batch_size(
+            self.config.eval_batch_size, self.eval_split.num_examples, self.mesh.devices.size)
+        batch_sharding = sharding.batch_sharding(self.mesh)
+        abstract = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+        image = np.asarray(example["image"])
+        batch = {"image": abstract((batch_size,) + image.shape, image.dtype),
+                 "label": abstract((batch_size,), np.asarray(example["label"]).dtype),
+                 "mask": abstract((batch_size,), np.bool_)}
+        state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                             self.abstract_state, self.state_shardings)
+        started = time.time()
+        self.eval_step.lower(state["params"], state["batch_stats"], batch).compile()
+        logging.info("Eval step compiled in the background (%.1f s).", time.time() - started)
+      except Exception as e:  # noqa: BLE001 - only an optimization: the first eval compiles
+        logging.info("Eval step not precompiled (%s: %s); it compiles at the first eval.",
+                     type(e).__name__, e)
+    thread = threading.Thread(target=compile_eval, name="precompile-eval", daemon=True)
+    thread.start()
+    return thread
 
   def train_batches(self, start_step: int = 0):
     """Global device batches of the training stream from `start_step` (data/device.py)."""

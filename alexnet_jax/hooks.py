@@ -90,6 +90,11 @@ class TrainMeter:
       if len(self._pending) > MAX_STEPS_IN_FLIGHT:
         jax.block_until_ready(self._pending[-1 - MAX_STEPS_IN_FLIGHT][1]["loss"])
 
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` of wall time (an evaluation, a save) out of images_per_sec."""
+    if self._since is not None:
+      self._since += seconds
+
   def check_finite(self) -> None:
     """Raises TrainingDiverged naming the first step whose loss or gradient norm is not
     finite. Fetches the pending scalars (a sync; called at log lines and before saves)."""

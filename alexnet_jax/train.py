@@ -262,6 +262,8 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
       if timing_start is None:
         log(f"First step done in {time.time() - compile_start:.1f} s (compilation included).")
         timing_start, timing_from = time.time(), step
+        if config.eval_every_steps != 0 or config.eval_at_end:
+          exp.precompile_eval()  # while the next steps run
       is_last = step == exp.total_steps
 
       if step % config.log_every_steps == 0 or is_last or step == first_step:
@@ -283,6 +285,7 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
 
       if step % exp.eval_every_steps == 0 or (is_last and config.eval_at_end):
         eval_metrics = evaluate.run_eval(exp, state["params"], state["batch_stats"])
+        meter.exclude(eval_metrics["eval/seconds"])  # images/s is the training rate
         eval_metrics["train/epoch"] = exp.epoch_of(step)
         writer.write(step, eval_metrics)
         log(f"eval at step {step}: loss {eval_metrics['eval/loss']:.4f} top1 "
