@@ -61,8 +61,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with one sentence and exit status 2 for a wrong command line (instead of
   a library traceback)."""
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
+    argv = flags.FLAGS(argv)
+    _CONFIG.value.keys()  # ml_collections defers a config file's load error to here
+    return argv
+  # ml_collections reports a bad --config.field as AttributeError/KeyError/TypeError/
+  # ValueError and a missing config file as OSError, all while parsing the command line.
+  except (flags.Error, AttributeError, KeyError, OSError, TypeError, ValueError) as e:
     print(f"error: {_usage_sentence(e)}\nPass --help for the flags.", file=sys.stderr)
     sys.exit(2)
 

@@ -99,6 +99,17 @@ def test_conv1_filter_grid_puts_the_two_towers_side_by_side():
   assert single.shape == (8 * 12 - 1, 8 * 12 - 1, 3)
 
 
+def test_filter_grids_are_shaped_to_fill_their_box():
+  # 96 square tiles in the filters picture's panel (about 2.6:1): 6 rows of 16; one tower of
+  # 48 in half of it: 6 rows of 8 (full rows preferred over a 7x7 grid of equal scale).
+  assert interpret.fitting_columns(96, 2.6, (11, 11), 1) == 16
+  assert interpret.fitting_columns(48, 1.15, (11, 11), 1) == 8
+  kernel = RNG.normal(size=(11, 11, 1, 96)).astype(np.float32)
+  assert interpret.conv1_filter_grid(kernel, aspect=2.6).shape == (6 * 12 - 1, 16 * 12 - 1, 1)
+  two = interpret.conv1_filter_grid(kernel, towers=2, aspect=2.3, tower_gap=4)
+  assert two.shape == (6 * 12 - 1, 2 * (8 * 12 - 1) + 4, 1)
+
+
 # --------------------------------------------------------------------------------------------
 # AlexNet adapters
 
@@ -128,3 +139,12 @@ def test_probe_maps_have_the_expected_shapes():
   assert values.shape == (5, 5) and np.all((values >= 0) & (values <= 1))
   with pytest.raises(ValueError, match="layer='avgpool' is not a stage of the d2l variant"):
     probe.stage(image[None], "avgpool")
+  # Activation maps: only the stages that have them are offered.
+  assert probe.spatial_stages == ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4",
+                                  "conv5", "pool5")
+  assert probe.maps(image[None], "pool2").shape == (1, *shapes["pool2"])
+  for name, why in (("fc7", "has no spatial maps"), ("flatten", "has no spatial maps"),
+                    ("avgpool", "is not a stage of the d2l variant")):
+    with pytest.raises(ValueError, match=f"layer='{name}' {why}; choose one of conv1, ") as err:
+      probe.maps(image[None], name)
+    assert str(err.value).endswith("conv5, pool5.")

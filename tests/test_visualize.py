@@ -63,6 +63,19 @@ def test_pictures_of_a_checkpoint(run, image, tmp_path, capsys, picture, extra):
   assert_picture(out, picture)
 
 
+def test_activations_title_names_the_class(run, image, tmp_path, monkeypatch):
+  titles = []
+  real_save = visualize.save
+
+  def save(fig, path):
+    titles.append(fig._suptitle.get_text())
+    return real_save(fig, path)
+  monkeypatch.setattr(visualize, "save", save)
+  assert visualize_main(["activations", f"--workdir={run}", f"--out={tmp_path / 'a.png'}",
+                         "--layer=pool1", "--max_channels=4", str(image)]) == 0
+  assert "\nclass: " in titles[0] and "(top class, p=" in titles[0]
+
+
 def test_curves_go_to_the_run_folder_by_default(run, capsys):
   assert visualize_main(["curves", f"--workdir={run}"]) == 0
   assert_picture(run / "pictures" / "curves.png", "curves")
@@ -76,6 +89,50 @@ def test_filters_of_the_paper_variant_show_two_towers(tmp_path):
   assert_picture(visualize.save(fig, tmp_path / "f.png"), "filters")
 
 
+def test_filters_of_the_d2l_variant_fill_the_canvas(tmp_path):
+  kernel = np.random.default_rng(0).normal(size=(11, 11, 1, 96))
+  fig = visualize.filters_figure(kernel, "d2l", "d2l variant")
+  (ax,) = fig.axes
+  # 96 filters of 11x11 with 1-pixel gaps: 6 rows of 16 (not 8 of 12, which left ~40% of the
+  # canvas empty), filling the panel's width.
+  assert ax.get_images()[0].get_array().shape == (6 * 12 - 1, 16 * 12 - 1)
+  fig.canvas.draw()
+  drawn = ax.get_window_extent()
+  width, _ = fig.get_size_inches() * visualize.DPI
+  assert drawn.width > 0.9 * width
+  assert_picture(visualize.save(fig, tmp_path / "f.png"), "filters")
+
+
+@pytest.mark.parametrize("p,text", [(0.1077, "0.108"), (1.0, "1.000"), (0.001, "0.001"),
+                                    (3.2e-05, "3.2e-05"), (0.00099, "9.9e-04"), (0.0, "0")])
+def test_probabilities_below_a_thousandth_use_scientific_notation(p, text):
+  assert visualize.format_probability(p) == text
+
+
+def _grey(size=32):
+  return np.random.default_rng(1).uniform(0, 255, (size, size, 1))
+
+
+def test_a_zero_gradcam_map_is_said_in_words_without_a_colour_bar(tmp_path):
+  zero = visualize.gradcam_figure(_grey(), np.zeros((32, 32)), "Bag", "t")
+  texts = [t.get_text() for ax in zero.axes for t in ax.texts]
+  assert texts == [visualize.ZERO_MAP_TEXT]
+  assert len(zero.axes) == 2  # input and map, no colour bar
+  assert_picture(visualize.save(zero, tmp_path / "zero.png"), "gradcam")
+  some = visualize.gradcam_figure(_grey(), np.eye(32), "Bag", "t")
+  assert len(some.axes) == 3 and not [t for ax in some.axes for t in ax.texts]
+
+
+def test_a_colour_bar_multiplier_goes_into_its_label_not_over_the_title(tmp_path):
+  heat = 3e-6 + 2e-6 * np.random.default_rng(0).random((32, 32))
+  fig = visualize.occlusion_figure(_grey(), heat, "Sneaker", 3.2e-6, 8, 4, "t")
+  bar = fig.axes[2]
+  assert bar.get_ylabel().endswith("(\u00d71e-6)")
+  assert not bar.yaxis.get_offset_text().get_visible()
+  assert fig.axes[0].get_title() == "input: P(Sneaker) = 3.2e-06"
+  visualize.save(fig, tmp_path / "o.png")
+
+
 def test_curves_from_metrics_records(tmp_path):
   records = [{"step": s, "train/loss": 2.0 / s, "train/top1": 0.1 * s, "train/epoch": s / 10}
              for s in range(1, 6)]
@@ -86,6 +143,9 @@ def test_curves_from_metrics_records(tmp_path):
   lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
   assert set(lines) == {"train/loss", "eval/loss", "train/top1", "eval/top1"}
   assert list(lines["eval/top1"].get_xdata()) == [5]  # the --mode=eval repeat is left out
+  for ax in fig.axes[:2]:  # whole steps only, even on a 5-step run
+    ticks = ax.get_xticks()
+    assert len(ticks) > 1 and np.all(ticks == np.round(ticks))
   assert_picture(visualize.save(fig, tmp_path / "c.png"), "curves")
 
 
@@ -109,7 +169,9 @@ def test_user_mistakes_are_one_line(run, tmp_path, capsys):
   assert "none.png" in capsys.readouterr().err
   assert visualize_main(["activations", f"--workdir={run}", "--layer=fc7",
                          str(shared.write_image(tmp_path / "x.png"))]) == 1
-  assert "no spatial maps" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "no spatial maps" in err and "choose one of conv1, pool1" in err
+  assert "fc" not in err.split("choose one of")[1] and "flatten" not in err
   assert visualize_main(["occlusion", f"--workdir={run}", "--label=giraffe",
                          str(tmp_path / "x.png")]) == 1
   assert "label='giraffe'" in capsys.readouterr().err

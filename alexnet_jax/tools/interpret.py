@@ -148,13 +148,34 @@ def grid_columns(count: int) -> int:
   return max(1, math.ceil(math.sqrt(count)))
 
 
+def fitting_columns(count: int, aspect: float, tile_shape: tuple[int, int] = (1, 1),
+                    gap: int = 0) -> int:
+  """Columns for `count` tiles of `tile_shape` (h, w) pixels, `gap` apart, that fill a box of
+  width/height `aspect` best when the grid is scaled to fit it (largest tiles). Full rows win
+  near-ties (within 5%): 96 square tiles in a 2.6:1 box -> 16 (6 rows), 48 in 1.1:1 -> 8."""
+  if count <= 0 or aspect <= 0:
+    raise ValueError(f"fitting_columns needs count > 0 and aspect > 0, not {count}, {aspect}.")
+  h, w = tile_shape
+  best, best_score = 1, -1.0
+  for columns in range(1, count + 1):
+    rows = math.ceil(count / columns)
+    width, height = columns * (w + gap) - gap, rows * (h + gap) - gap
+    scale = min(aspect / width, 1.0 / height)  # the grid scaled into the box
+    score = scale * scale * (1.0 if count % columns == 0 else 0.95)
+    if score > best_score * (1 + 1e-9):
+      best, best_score = columns, score
+  return best
+
+
 def conv1_filter_grid(kernel: Array, towers: int = 1, *, gap: int = 1,
-                      tower_gap: int = 4) -> np.ndarray:
+                      tower_gap: int = 4, aspect: float | None = None) -> np.ndarray:
   """conv1's (kh, kw, C, F) kernel as one (H, W, C) float32 picture in [0, 1].
 
   Each filter is scaled to [0, 1] on its own (its sign and relative colours kept), as the
   paper's figure 3 shows them. With `towers=2` the first and second halves of the filters
-  (one per GPU in the paper) are two grids side by side.
+  (one per GPU in the paper) are two grids side by side. Each grid has `grid_columns`
+  columns, or, given the width/height `aspect` of the box the whole picture is drawn in, the
+  columns that fill that box best (`fitting_columns`).
   """
   kernel = np.asarray(kernel, np.float32)
   filters = np.transpose(kernel, (3, 0, 1, 2))  # (F, kh, kw, C)
@@ -162,7 +183,11 @@ def conv1_filter_grid(kernel: Array, towers: int = 1, *, gap: int = 1,
   high = filters.max(axis=(1, 2, 3), keepdims=True)
   filters = (filters - low) / np.maximum(high - low, 1e-12)
   groups = np.split(filters, towers)
-  grids = [tile(group, grid_columns(len(group)), gap) for group in groups]
+  if aspect is None:
+    columns = grid_columns(len(groups[0]))
+  else:  # each tower gets its share of the box's width
+    columns = fitting_columns(len(groups[0]), aspect / towers, filters.shape[1:3], gap)
+  grids = [tile(group, columns, gap) for group in groups]
   if towers == 1:
     return grids[0]
   spacer = np.ones((grids[0].shape[0], tower_gap, grids[0].shape[2]), np.float32)
@@ -275,11 +300,31 @@ class AlexNetProbe:
     """Output of one stage (models.STAGES: 'conv1' after ReLU, 'pool1', ..., 'fc8') for
     (N, S, S, C) pixel images: (N, h, w, channels) or (N, features). UserError for a name
     that is not a stage of this variant."""
-    available = tuple(models.layer_shapes(**self.model_config))
+    available = tuple(self.stage_shapes)
     if name not in available:
       raise UserError(f"layer={name!r} is not a stage of the {self.variant} variant; choose "
                       f"one of {', '.join(available)}.")
     return self._jit_stages(self._params, jnp.asarray(images, jnp.float32))[name]
+
+  @functools.cached_property
+  def stage_shapes(self) -> dict[str, tuple]:
+    """Per-example output shape of every stage of this variant (models.layer_shapes)."""
+    return models.layer_shapes(**self.model_config)
+
+  @property
+  def spatial_stages(self) -> tuple[str, ...]:
+    """The stages with (h, w, channels) maps, in order: those `activations` can draw
+    (conv1 ... pool5, and avgpool for torchvision; not flatten or fc6-fc8)."""
+    return tuple(name for name, shape in self.stage_shapes.items() if len(shape) == 3)
+
+  def maps(self, images: Array, name: str) -> Array:
+    """(N, h, w, channels) output of the spatial stage `name` (`spatial_stages`); UserError,
+    listing only the spatial stages, for any other name."""
+    if name not in self.spatial_stages:
+      why = ("has no spatial maps" if name in self.stage_shapes else
+             f"is not a stage of the {self.variant} variant")
+      raise UserError(f"layer={name!r} {why}; choose one of {', '.join(self.spatial_stages)}.")
+    return self.stage(images, name)
 
   def conv5(self, images: Array) -> Array:
     """conv5 after its ReLU, (N, h, w, 256), for (N, S, S, C) pixel images."""

@@ -78,21 +78,53 @@ def _show_image(ax, image: np.ndarray, title: str = "") -> None:
   ax.axis("off")
 
 
-def _figure(kind: str, columns: int, top: float = 0.78, width_ratios=None):
-  """A row of `columns` axes, with room above them for a suptitle of up to three lines."""
+def _figure(kind: str, columns: int, top: float = 0.78, width_ratios=None,
+            right: float = 0.88):
+  """A row of `columns` axes, with room above them for a suptitle of up to three lines (and,
+  with the default `right`, for a colour bar on the right)."""
   plt = _pyplot()
   fig, axes = plt.subplots(1, columns, figsize=FIGSIZE[kind], dpi=DPI,
                            width_ratios=width_ratios)
-  fig.subplots_adjust(left=0.03, right=0.88, bottom=0.05, top=top, wspace=0.25)
+  fig.subplots_adjust(left=0.03, right=right, bottom=0.05, top=top, wspace=0.25)
   return fig, np.atleast_1d(axes)
 
 
-def _colorbar(fig, mappable, ax, label: str) -> None:
+def format_probability(p: float) -> str:
+  """A probability for a title: 3 decimals from 0.001 up ('0.108'), scientific below
+  ('3.2e-05'), so that a small one never reads as 'p=0.000'; exactly zero is '0'."""
+  p = float(p)
+  if p == 0.0:
+    return "0"
+  if abs(p) < 0.001:
+    return f"{p:.1e}"
+  return f"{p:.3f}"
+
+
+def _colorbar(fig, mappable, ax, label: str):
+  """A colour bar with plain tick labels: no offset ('1e-4 + 1.01e-1'), and a power-of-ten
+  multiplier, when the values need one, written into the label ('... (x1e-6)') instead of
+  above the bar, where it ran into the panel title."""
   from matplotlib.ticker import ScalarFormatter
   bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.03)
-  bar.set_label(label)
-  bar.formatter = ScalarFormatter(useOffset=False)  # no '1e-4 + 1.01e-1' offset notation
+  formatter = ScalarFormatter(useOffset=False)
+  bar.formatter = formatter
   bar.update_ticks()
+  formatter.set_locs(bar.ax.yaxis.get_majorticklocs())  # decides orderOfMagnitude
+  if formatter.orderOfMagnitude:
+    label = f"{label} (\u00d71e{formatter.orderOfMagnitude})"
+  bar.ax.yaxis.get_offset_text().set_visible(False)
+  bar.set_label(label)
+  return bar
+
+
+ZERO_MAP_TEXT = "map is zero for this class"
+
+
+def _zero_map_note(ax) -> None:
+  """Says on the panel that its map is zero everywhere (instead of a flat colour wash)."""
+  ax.text(0.5, 0.5, ZERO_MAP_TEXT, transform=ax.transAxes, ha="center", va="center",
+          fontsize=13, color="black",
+          bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.9})
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,9 +137,12 @@ def filters_figure(kernel: np.ndarray, variant: str, title: str):
   from alexnet_jax.tools import interpret
   towers = interpret.towers_of(variant)
   halves = np.split(np.asarray(kernel), towers, axis=-1)
-  fig, axes = _figure("filters", towers)
+  fig, axes = _figure("filters", towers, right=0.97)  # no colour bar
+  width, height = fig.get_size_inches()
   for index, (ax, half) in enumerate(zip(axes, halves)):
-    grid = interpret.conv1_filter_grid(half)
+    box = ax.get_position()
+    # The grid's shape fits the panel (96 d2l filters: 6 rows of 16), so that it fills it.
+    grid = interpret.conv1_filter_grid(half, aspect=box.width * width / (box.height * height))
     if grid.shape[-1] == 1:
       ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     else:
@@ -155,7 +190,7 @@ def occlusion_figure(image: np.ndarray, heat: np.ndarray, class_name: str, basel
   """The (H, W, C) image (0-255), and over it `heat`, the (H, W) class probability with the
   grey `patch`-pixel square covering each pixel (interpret.occlusion_to_pixels)."""
   fig, axes = _figure("occlusion", 2, top=0.74)
-  _show_image(axes[0], image, f"input: P({class_name}) = {baseline:.3f}")
+  _show_image(axes[0], image, f"input: P({class_name}) = {format_probability(baseline)}")
   _show_image(axes[1], image, f"P({class_name}), square covering each pixel\n"
                               "(dark = the evidence the network used)")
   shown = axes[1].imshow(heat, cmap="inferno", alpha=0.65)
@@ -166,11 +201,17 @@ def occlusion_figure(image: np.ndarray, heat: np.ndarray, class_name: str, basel
 
 def _heat_figure(kind: str, image: np.ndarray, heat: np.ndarray, heading: str, label: str,
                  cmap: str, title: str):
+  """The image, and the image under `heat`; a map that is zero everywhere is said in words on
+  the panel (no colour bar), not drawn as one flat colour."""
   fig, axes = _figure(kind, 2)
   _show_image(axes[0], image, "input")
   _show_image(axes[1], image, heading)
-  shown = axes[1].imshow(heat, cmap=cmap, alpha=0.6)
-  _colorbar(fig, shown, axes[1], label)
+  heat = np.asarray(heat, np.float32)
+  if not np.any(heat):
+    _zero_map_note(axes[1])
+  else:
+    shown = axes[1].imshow(heat, cmap=cmap, alpha=0.6)
+    _colorbar(fig, shown, axes[1], label)
   fig.suptitle(title)
   return fig
 
@@ -182,7 +223,9 @@ def saliency_figure(image: np.ndarray, sal: np.ndarray, class_name: str, title: 
 
 
 def gradcam_figure(image: np.ndarray, cam: np.ndarray, class_name: str, title: str):
-  """The (H, W, C) image and over it `cam`, the (H, W) Grad-CAM map upsampled to the image."""
+  """The (H, W, C) image and over it `cam`, the (H, W) Grad-CAM map upsampled to the image;
+  when `cam` is zero everywhere (no conv5 feature raises the class score), the words
+  ZERO_MAP_TEXT instead."""
   return _heat_figure("gradcam", image, cam, f"Grad-CAM on conv5 for {class_name}",
                       "ReLU(sum_k alpha_k A_k), upsampled", "jet", title)
 
@@ -204,6 +247,7 @@ def curves_figure(records: Sequence[dict[str, Any]], title: str):
   evaluations = [r for r in records if "eval/loss" in r and "eval/checkpoint_step" not in r]
   if not training and not evaluations:
     raise UserError("metrics.jsonl holds no train/ or eval/ metrics yet.")
+  from matplotlib.ticker import MaxNLocator
   fig, axes = _figure("curves", 2)
   for ax, metric in zip(axes, ("loss", "top1")):
     for prefix, rows, style in (("train", training, "-"), ("eval", evaluations, "o-")):
@@ -212,6 +256,7 @@ def curves_figure(records: Sequence[dict[str, Any]], title: str):
         ax.plot([r["step"] for r in rows], [r[f"{prefix}/{metric}"] for r in rows], style,
                 label=f"{prefix}/{metric}", markersize=4)
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_ylabel("top-1 accuracy" if metric == "top1" else "cross-entropy loss")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -282,7 +327,8 @@ def _target(loaded, image: np.ndarray, label: str | None) -> tuple[int, str, flo
   else:
     index, how = loaded.class_index(label), "given class"
   name = loaded.class_name(index)
-  return index, f"{name} ({how}, p={probabilities[index]:.3f})", float(probabilities[index])
+  probability = float(probabilities[index])
+  return index, f"{name} ({how}, p={format_probability(probability)})", probability
 
 
 def _short(name: str) -> str:
@@ -307,12 +353,13 @@ def make_picture(args: Request) -> pathlib.Path:
     raise UsageError(f"{args.picture} needs an IMAGE path.")
   image = _input_image(loaded, args.image)
   title = f"{pathlib.Path(args.image).name} | {loaded.description}"
-  if args.picture == "activations":
-    maps = np.asarray(loaded.probe.stage(image[None], args.layer))[0]
-    return save(activations_figure(image, maps, args.layer, title, args.max_channels), out)
+  if args.picture == "activations":  # before any computing: a refused layer fails fast
+    maps = np.asarray(loaded.probe.maps(image[None], args.layer))[0]
   index, caption, probability = _target(loaded, image, args.label)
   name = _short(loaded.class_name(index))
   title = f"{title}\nclass: {caption}"
+  if args.picture == "activations":
+    return save(activations_figure(image, maps, args.layer, title, args.max_channels), out)
   if args.picture == "occlusion":
     size = loaded.image_size
     patch = args.patch or max(1, round(size / 7))
@@ -335,11 +382,13 @@ def define_flags() -> None:
   from alexnet_jax.tools import predict
   predict.define_model_flags()
   cli.define("string", "out", None, "output PNG (default DIR/pictures/<picture>_<image>.png)")
-  cli.define("string", "layer", "conv1", "activations: conv1, pool1, conv2 ... pool5")
+  cli.define("string", "layer", "conv1",
+             "activations: a stage with maps: conv1, pool1, conv2, pool2, conv3, conv4, conv5, "
+             "pool5 (and avgpool for torchvision)")
   cli.define("integer", "max_channels", 32, "activations: how many channels to show")
   cli.define("string", "label", None,
-             "occlusion, saliency, gradcam: class index or name (default: the top predicted "
-             "class)")
+             "occlusion, saliency, gradcam (and the class named in the activations title): "
+             "class index or name (default: the top predicted class)")
   cli.define("integer", "patch", None, "occlusion: square side (default size/7)")
   cli.define("integer", "stride", None, "occlusion: step (default patch/2)")
   cli.define("float", "fill", 128.0, "occlusion: grey level, 0-255")
