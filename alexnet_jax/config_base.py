@@ -67,6 +67,8 @@ def model_preset(variant: str) -> dict:
 
 
 def base_config() -> ml_collections.ConfigDict:
+  """Every config field with its default (the paper's ImageNet recipe on synthetic data);
+  configs/*.py start here. Returns a fresh ml_collections.ConfigDict."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.batch_size = 128  # global, over all processes and devices
@@ -128,6 +130,9 @@ def base_config() -> ml_collections.ConfigDict:
   # JPEGs much larger than the crop needs are decoded at 1/2, 1/4 or 1/8 scale (libjpeg DCT
   # scaling via PIL's draft mode), never below the crop's resolution; see docs/data.md.
   c.data.jpeg_draft = True
+  # JPEG decoder: auto (simplejpeg when installed, else pillow) | pillow | simplejpeg; both
+  # give the same pixels and refuse the same files (docs/data.md).
+  c.data.jpeg_decoder = "auto"
 
   # Every model field and its default, from one table (model_preset); configs/ change them.
   c.model = ml_collections.ConfigDict(model_preset("paper"))

@@ -71,6 +71,7 @@ class Experiment:
     }
 
   def epoch_of(self, step: int) -> float:
+    """Epochs done after `step` steps (float; train mode only)."""
     return step / self.steps_per_epoch
 
   def precompile_eval(self) -> threading.Thread:

@@ -66,6 +66,7 @@ class StopRequest:
     return bool(multihost_utils.process_allgather(np.int32(local)).max())
 
   def restore_handlers(self) -> None:
+    """Puts back the SIGTERM/SIGINT handlers that were installed before."""
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 

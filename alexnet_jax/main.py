@@ -96,6 +96,8 @@ def run(config, workdir: str, mode: str) -> int:
 
 
 def main(argv):
+  """absl entry point: applies the CPU settings before JAX starts, then trains or evaluates
+  with the user-error policy of this module. Returns the exit status."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from alexnet_jax.runtime import cpu_runtime, logs

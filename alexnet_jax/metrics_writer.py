@@ -23,6 +23,10 @@ def _plain(value: Any) -> Any:
 
 class MetricWriter:
 
+  """metrics.jsonl (one JSON object per event) and TensorBoard event files in workdir.
+
+  enabled: False on processes other than 0 (every call is then a no-op). tensorboard: also
+  write event files under workdir/tensorboard (tensorboardX, no TensorFlow)."""
   def __init__(self, workdir: str | pathlib.Path, *, enabled: bool, tensorboard: bool = True):
     self.enabled = enabled
     self._jsonl = None
@@ -38,6 +42,8 @@ class MetricWriter:
       self._tb = SummaryWriter(str(workdir / "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
+    """Appends {'step': step, **metrics} (NaN written as null) and the numeric scalars to
+      TensorBoard."""
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
@@ -56,10 +62,12 @@ class MetricWriter:
       self._tb.flush()
 
   def log(self, message: str) -> None:
+    """One line to the console log (absl INFO), from process 0 only."""
     if self.enabled:
       logging.info(message)
 
   def close(self) -> None:
+    """Flushes and closes the files."""
     if self._jsonl is not None:
       self._jsonl.close()
     if self._tb is not None:

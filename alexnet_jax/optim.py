@@ -41,6 +41,7 @@ def param_paths(params) -> Any:
 
 
 def compile_pattern(field: str, pattern: str) -> re.Pattern:
+  """re.compile(pattern), or UserError naming the config `field` for an invalid regex."""
   try:
     return re.compile(pattern)
   except re.error as e:
@@ -70,6 +71,9 @@ def _with_freeze(tx: optax.GradientTransformation, freeze: str) -> optax.Gradien
 
 def paper_sgd(learning_rate: float, momentum: float, weight_decay: float, nesterov: bool,
               decay_biases: bool, freeze: str = "") -> optax.GradientTransformation:
+  """The paper's update: v <- momentum v - lr (g + weight_decay w); w <- w + v (Krizhevsky
+  et al. 2012, Section 5), weight decay added to the gradient; `freeze` (regex) parameters
+  get no update."""
   return _with_freeze(optax.chain(
       optax.add_decayed_weights(weight_decay, mask=None if decay_biases else _ndim_mask),
       optax.scale_by_learning_rate(learning_rate),
@@ -79,6 +83,8 @@ def paper_sgd(learning_rate: float, momentum: float, weight_decay: float, nester
 
 def adamw(learning_rate: float, b1: float, b2: float, weight_decay: float,
           decay_biases: bool, freeze: str = "") -> optax.GradientTransformation:
+  """optax.adamw with decoupled weight decay (not on biases unless decay_biases), `freeze`d
+  parameters get no update."""
   return _with_freeze(optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay,
                                   mask=None if decay_biases else _ndim_mask), freeze)
 
@@ -166,9 +172,11 @@ class Plateau:
 
   @staticmethod
   def initial_state() -> dict[str, float]:
+    """The rule's state before any evaluation: best top-1, evaluations since, reductions, scale."""
     return {"best": -math.inf, "bad_evals": 0, "reductions": 0, "scale": 1.0}
 
   def update(self, state: dict[str, float], top1: float) -> tuple[dict[str, float], bool]:
+    """(new state, whether the rate was reduced) after an evaluation with top-1 `top1`."""
     state = dict(state)
     if top1 > state["best"] + self.min_delta:
       state["best"], state["bad_evals"] = top1, 0

@@ -44,6 +44,7 @@ class ViewCounts:
 
   @classmethod
   def zeros(cls, num_classes: int) -> "ViewCounts":
+    """Empty counts for `num_classes` classes (int64)."""
     return cls(np.zeros((num_classes, num_classes), np.int64), np.zeros(num_classes, np.int64))
 
   def add(self, labels: np.ndarray, ranked: np.ndarray) -> None:

@@ -171,14 +171,17 @@ def to_host(tree: Any) -> Any:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """The sharding of a global batch: its first axis split over 'data'."""
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """A value held whole on every device of the mesh."""
   return NamedSharding(mesh, P())
 
 
 def check_batch_size(name: str, global_batch_size: int, mesh: Mesh) -> None:
+  """Raises UserError naming `name` when the global batch does not divide over the devices."""
   devices = mesh.devices.size
   if global_batch_size % devices:
     raise UserError(

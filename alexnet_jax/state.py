@@ -36,6 +36,8 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape: tu
 def state_shardings(abstract_state: Any, mesh: Mesh, model: Any = None) -> Any:
   # Data parallelism replicates everything; the model's tower/fsdp axes (config.parallel)
   # split parameters, their optimizer state and BN statistics (sharding.state_shardings).
+  """The sharding of every leaf of the train state for this mesh and the model's tower /
+  FSDP axes (sharding.state_shardings)."""
   return sharding.state_shardings(abstract_state, mesh,
                                   tower_axis=getattr(model, "tower_axis", None),
                                   fsdp_axis=getattr(model, "fsdp_axis", None))
@@ -48,6 +50,8 @@ def abstract_train_state(model, tx, input_shape, mesh: Mesh) -> tuple[Any, Any]:
 
 
 def create_train_state(model, tx, input_shape, mesh: Mesh, seed: int) -> Any:
+  """A fresh train state from `seed`, created directly on its shardings by a jitted init
+  (never whole on one device first)."""
   init = _init_fn(model, tx, input_shape)
   _, shardings = abstract_train_state(model, tx, input_shape, mesh)
   return jax.jit(init, out_shardings=shardings)(jnp.asarray(seed, jnp.uint32))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from alexnet_jax import prepare
+from alexnet_jax.tools import prepare
 from tests import imagenet_fixtures as fx
 from tests.helpers import eval_records, read_metrics, run_main
 

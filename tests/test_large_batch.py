@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import (checkpoint as ckpt_lib, evaluate, experiment, models, optim, parallel,
+from alexnet_jax import (checkpoint as ckpt_lib, evaluate, experiment, models, optim, sharding,
                          state as state_lib, steps, train)
 from configs import imagenet_large_batch
 from tests.helpers import read_metrics
@@ -93,15 +93,15 @@ def test_batch_statistics_are_over_the_global_batch():
                 "label": rng.integers(0, 10, 8, dtype=np.int32)}
   results = {}
   for devices in (8, 1):
-    mesh = parallel.make_mesh(jax.devices()[:devices])
+    mesh = sharding.make_mesh(jax.devices()[:devices])
     _, shardings = state_lib.abstract_train_state(model, tx, (1, 227, 227, 3), mesh)
     state = state_lib.create_train_state(model, tx, (1, 227, 227, 3), mesh, seed=0)
     step = jax.jit(
-        parallel.with_mesh(steps.make_train_step(model, tx, lambda s: 0.01, 120.0, 60.0, 227),
+        sharding.with_mesh(steps.make_train_step(model, tx, lambda s: 0.01, 120.0, 60.0, 227),
                            mesh),
-        in_shardings=(shardings, parallel.batch_sharding(mesh)))
-    state, metrics = step(state, parallel.to_global_batch(host_batch, mesh))
-    results[devices] = (float(metrics["loss"]), parallel.to_host(state["batch_stats"]))
+        in_shardings=(shardings, sharding.batch_sharding(mesh)))
+    state, metrics = step(state, sharding.to_global_batch(host_batch, mesh))
+    results[devices] = (float(metrics["loss"]), sharding.to_host(state["batch_stats"]))
   (loss8, stats8), (loss1, stats1) = results[8], results[1]
   assert loss8 == pytest.approx(loss1, rel=1e-5)
   for layer in BN_LAYERS:
@@ -175,7 +175,7 @@ def test_large_batch_recipe_trains_checkpoints_and_resumes(tmp_path):
   states = []
   for workdir in (straight, resumed):
     reader = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=3, read_only=True)
-    states.append(parallel.to_host(reader.restore(4, abstract)))
+    states.append(sharding.to_host(reader.restore(4, abstract)))
     reader.close()
   init_stats = models.init_batch_stats("alexnet_bn", image_size=227)
   assert not np.allclose(states[0]["batch_stats"]["bn5"]["mean"], init_stats["bn5"]["mean"])

@@ -51,6 +51,7 @@ class Split:
 
   @property
   def num_examples(self) -> int:
+    """Records in the split (unreadable ones included: they are replaced and counted)."""
     return len(self.source)
 
 

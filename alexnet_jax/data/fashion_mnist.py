@@ -44,6 +44,9 @@ def read_idx(path: pathlib.Path, expected_magic: int) -> np.ndarray:
 
 
 def load_split(data_dir: pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """(images uint8 (N, 28, 28, 1), labels uint8 (N,)) of 'train' (60,000) or 'test' (10,000)
+  from the gzipped IDX files in data_dir. Raises MissingFileError naming a missing file,
+  UserError for a truncated or foreign file."""
   image_file, label_file = (data_dir / name for name in FILES[split])
   for path in (image_file, label_file):
     if not path.exists():
@@ -61,6 +64,7 @@ def load_split(data_dir: pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarr
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ArraySource:
+  """Random access to in-memory images (N, H, W, C) uint8 and labels (N,): {'image', 'label'}."""
   images: np.ndarray
   labels: np.ndarray
 

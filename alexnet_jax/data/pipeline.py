@@ -30,6 +30,7 @@ Transform = Callable[[Any, np.random.Generator], Example]
 
 
 class RandomAccessSource(Protocol):
+  """What a source offers the pipeline: len() and record by index (any picklable record)."""
   def __len__(self) -> int: ...
 
   def __getitem__(self, index: int) -> Any: ...

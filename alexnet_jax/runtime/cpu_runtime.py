@@ -81,6 +81,7 @@ def backends_started() -> bool:
 
 
 def on_glibc() -> bool:
+  """Whether this process runs on Linux with glibc (where mallopt applies)."""
   return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 

@@ -26,6 +26,9 @@ def _cluster_detected() -> bool:
 
 def maybe_initialize(coordinator_address: str | None, num_processes: int | None,
                      process_id: int | None) -> None:
+  """Joins a multi-process JAX job: with the explicit coordinator address, process count
+  and index when given, or detected (SLURM, Cloud TPU, Kubernetes); a no-op for one process.
+  Must run before anything creates a JAX backend."""
   explicit = coordinator_address is not None
   if explicit and (num_processes is None or process_id is None):
     raise ValueError("--coordinator_address needs --num_processes and --process_id too.")

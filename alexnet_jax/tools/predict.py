@@ -69,6 +69,7 @@ class LoadedModel:
 
   @property
   def num_classes(self) -> int:
+    """Number of classes of the model's head (fc8)."""
     return int(self.model_config["num_classes"])
 
   @property
