@@ -137,12 +137,12 @@ def measure(layout: str) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from alexnet_jax import checkpoint as ckpt_lib, experiment, parallel
+  from alexnet_jax import checkpoint as ckpt_lib, experiment, sharding
 
   config = layout_config(layout)
   exp = experiment.build(config)
   size, channels = config.model.image_size, config.model.in_channels
-  batch_sharding = parallel.batch_sharding(exp.mesh)
+  batch_sharding = sharding.batch_sharding(exp.mesh)
   batch = {
       "image": jax.ShapeDtypeStruct((config.batch_size, size, size, channels), jnp.uint8,
                                     sharding=batch_sharding),
@@ -158,7 +158,7 @@ def measure(layout: str) -> dict:
     with open(os.path.join(_DUMP.value, f"train_step_{layout}.hlo.txt"), "w") as f:
       f.write(text)
   axis_sizes = dict(zip(exp.mesh.axis_names, exp.mesh.devices.shape))
-  shard = lambda key: parallel.shard_bytes(exp.abstract_state[key], exp.state_shardings[key])
+  shard = lambda key: sharding.shard_bytes(exp.abstract_state[key], exp.state_shardings[key])
   result = {
       "layout": layout, "parallel.model": config.parallel.model,
       "parallel.fsdp": bool(config.parallel.fsdp), "mesh": axis_sizes,
