@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 import traceback
 
@@ -71,6 +72,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
+class _StoppedEarly(Exception):
+  """A SIGTERM/SIGINT while the training loop's own handlers were not installed."""
+
+  def __init__(self, signum: int):
+    super().__init__(signum)
+    self.signum = signum
+
+
+def _stop_before_the_loop(signum, frame) -> None:
+  del frame
+  raise _StoppedEarly(signum)
+
+
 def run(config, workdir: str, mode: str) -> int:
   """Builds the experiment and trains or evaluates; returns the exit status."""
   import jax  # after absl parsed the flags, so JAX picks up its own flags and env
@@ -108,8 +122,17 @@ def main(argv):
   for line in cpu_runtime.configure(config.get("cpu_runtime_tuning", True),
                                     config.get("cpu_eigen_convolutions", False)):
     logging.info("CPU runtime: %s", line)
+  # Until the training loop installs its own handlers (finish the step, save, exit), a signal
+  # stops here with a message instead of killing the process silently.
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, _stop_before_the_loop)
   try:
     return run(config, _WORKDIR.value, _MODE.value)
+  except _StoppedEarly as e:
+    print(f"error: stopped by {signal.Signals(e.signum).name} outside the training loop (while "
+          "starting, evaluating or closing); checkpoints written so far are kept.",
+          file=sys.stderr, flush=True)
+    return 128 + e.signum
   except UserError as e:
     if _TRACEBACK.value:
       traceback.print_exc()

@@ -252,7 +252,17 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
   batches = exp.train_batches(start_step=step)
   try:
     while step < exp.total_steps:
-      batch = next(batches)
+      try:
+        batch = next(batches)
+      except Exception:
+        # The input pipeline broke (a worker killed, a file gone): keep the steps done so far.
+        if step != last_saved and step > 0:
+          meter.check_finite()
+          _save(exp, checkpointer, step, state, meta, last_saved)
+          _wait_for_saves(exp, checkpointer, last_saved)
+          logging.warning("The input pipeline failed after step %d; saved a checkpoint of "
+                          "that step first.", step)
+        raise
       if step + 1 == first_step:
         log("Compiling the train step (the first step waits for it)...")
         compile_start = time.time()
