@@ -4,6 +4,7 @@ evaluation, corrupt files skipped and counted, --mode=eval afterwards."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -48,6 +49,13 @@ def test_folder_layout_with_corrupt_files(tmp_path):
   # by its (readable) neighbour, counted, and the run goes on.
   losses = _train_and_eval(data, tmp_path / "run", 3, "--config.data.ten_crop=True")
   assert losses[-1]["data/skipped"] == 2
+
+  # --mode=eval on a machine that holds only the validation split.
+  shutil.rmtree(data / "train")
+  evaluated = run_main("imagenet.py", tmp_path / "run", *TINY, f"--config.data.data_dir={data}",
+                       "--config.num_train_steps=3", mode="eval")
+  assert json.loads(evaluated.stdout.strip().splitlines()[-1])["eval/num_examples"] == 3
+  assert (tmp_path / "run" / "eval_report_3.json").is_file()
 
 
 def test_tfds_arrayrecord_layout(tmp_path):
