@@ -27,7 +27,7 @@ import pathlib
 import platform
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 _MODE = flags.DEFINE_enum("mode", "train", ["scales", "train"], "What to measure.")
 _STEPS = flags.DEFINE_integer("steps", 300, "Training steps per run.")
@@ -146,6 +146,7 @@ def train_run(name: str) -> dict:
       loss = float(np.mean([m["loss"] for m in fetched]))
       top1 = float(np.mean([m["top1"] for m in fetched]))
       curve[step] = {"loss": round(loss, 4), "top1": round(top1, 4)}
+      logging.info("%s step %d: loss %.4f top1 %.4f", name, step, loss, top1)
       if left_chance is None and loss < 0.95 * chance:
         left_chance = step
   batches.close()
@@ -158,6 +159,8 @@ def train_run(name: str) -> dict:
 
 def main(argv):
   del argv
+  from alexnet_jax.runtime import cpu_runtime
+  cpu_runtime.configure()  # as main does, before JAX starts: the CPU allocator setting
   if _SMOKE.value:
     flags.FLAGS.steps = min(_STEPS.value, 4)
     flags.FLAGS.batch = 8
