@@ -3,6 +3,13 @@
   python benchmarks/input_pipeline.py --config=configs/imagenet.py --workers=0,1,2 \
       [--data_dir=PATH] [--num_batches=10] [--storage=folder|arrayrecord] [--resize_shorter=256]
 
+  # side by side in one run: bare decode of the stored bytes vs the pipeline on pre-resized
+  # JPEG, and raw storage (prepare --format=raw); here from real photographs
+  python benchmarks/input_pipeline.py --config=configs/imagenet.py --compare_decode \
+      --photos_dir=DIR_OF_PHOTOS --num_images=181 --workers=0 --prefetch_batches=1
+  # worker scaling: 1, 2, 4, 8, 16 workers (those the machine has cores for)
+  python benchmarks/input_pipeline.py --config=configs/imagenet.py --worker_sweep ...
+
 Prints one JSON line per worker count with `images_per_sec` (batches of
 `config.batch_size` from `alexnet_jax.data.open_split` + `pipeline.to_iterator`, after
 warm-up batches that absorb worker start-up). Without --data_dir it first writes its own
@@ -49,8 +56,9 @@ flags.DEFINE_integer("num_unique_images", 128, "Generated dataset: distinct pict
 flags.DEFINE_integer("image_width", 500, "Generated dataset: width.")
 flags.DEFINE_integer("image_height", 375, "Generated dataset: height.")
 flags.DEFINE_integer("jpeg_quality", 90, "Generated dataset: JPEG quality.")
-flags.DEFINE_enum("storage", "folder", ["folder", "arrayrecord"],
-                  "Generated dataset: read the folder, or pack it to ArrayRecord first.")
+flags.DEFINE_enum("storage", "folder", ["folder", "arrayrecord", "raw"],
+                  "Generated dataset: read the folder, or pack it to ArrayRecord first (raw: "
+                  "prepare --format=raw).")
 flags.DEFINE_integer("resize_shorter", 0, "With --storage=arrayrecord: store pre-resized.")
 flags.DEFINE_float("wait_for_idle_s", 300,
                    "Before each run, wait up to this long for the machine to be idle (other "
@@ -60,6 +68,18 @@ flags.DEFINE_float("max_other_cores", 0.2,
                    "than this during it.")
 flags.DEFINE_integer("retries", 3, "See --max_other_cores.")
 flags.DEFINE_string("note", "", "Free text stored in the JSON line.")
+flags.DEFINE_bool("compare_decode", False,
+                  "Pack the folder dataset (generated, --photos_dir, or --data_dir when it is a "
+                  "folder layout) as pre-resized JPEG (shorter side 256) and as raw storage, then "
+                  "measure side by side: bare decode of the stored JPEG bytes in one thread "
+                  "(Pillow and simplejpeg), the pipeline on the JPEG build (each decoder), and "
+                  "the pipeline on the raw build; rates per busy core and their ratios.")
+flags.DEFINE_bool("worker_sweep", False,
+                  "Run 1, 2, 4, 8, 16 workers (those <= the machine's cores) instead of --workers.")
+flags.DEFINE_string("photos_dir", "",
+                    "Generated dataset from real photographs: every image file in this folder, "
+                    "cut into --num_images ImageNet-like JPEGs (crops of 60-100%% of the photo, "
+                    "longer side 500, quality --jpeg_quality).")
 flags.DEFINE_string("out", "", "Also append the JSON lines to this file.")
 FLAGS = flags.FLAGS
 
@@ -103,6 +123,42 @@ def make_benchmark_dataset(root: pathlib.Path, *, num_images: int, num_unique: i
   (root / "val").mkdir(parents=True, exist_ok=True)
   for number in range(1, num_val + 1):
     (root / "val" / f"ILSVRC2012_val_{number:08d}.JPEG").write_bytes(encoded[number % len(encoded)])
+  return root
+
+
+def make_photo_dataset(root: pathlib.Path, photos_dir: str, *, num_images: int, quality: int,
+                       num_val: int = 16, longer_side: int = 500) -> pathlib.Path:
+  """Like make_benchmark_dataset, from real photographs: image i is a random crop (60-100% of
+  each side) of photo i % n, scaled to longer side `longer_side` (ImageNet's typical 500x375),
+  kept grey when the photo is grey, saved as JPEG `quality`."""
+  photos = sorted(p for p in pathlib.Path(photos_dir).iterdir()
+                  if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+  if not photos:
+    raise SystemExit(f"no .jpg/.jpeg/.png photographs in {photos_dir}")
+  images = [Image.open(p) for p in photos]
+  images = [im.convert("L" if im.mode in ("L", "I;16", "I") else "RGB") for im in images]
+  rng = np.random.default_rng(0)
+
+  def one(i: int) -> bytes:
+    image = images[i % len(images)]
+    w, h = image.size
+    cw, ch = (int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0)))
+    left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    scale = longer_side / max(cw, ch)
+    crop = image.resize((max(1, round(cw * scale)), max(1, round(ch * scale))),
+                        Image.Resampling.BICUBIC, box=(left, top, left + cw, top + ch))
+    buffer = io.BytesIO()
+    crop.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+  for i in range(num_images):
+    wnid = BENCHMARK_WNIDS[i % len(BENCHMARK_WNIDS)]
+    path = root / "train" / wnid / f"{wnid}_{i}.JPEG"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(one(i))
+  (root / "val").mkdir(parents=True, exist_ok=True)
+  for number in range(1, num_val + 1):
+    (root / "val" / f"ILSVRC2012_val_{number:08d}.JPEG").write_bytes(one(num_images + number))
   return root
 
 
@@ -181,8 +237,14 @@ def machine() -> dict:
     pass
   from PIL import features
   import grain
+  try:
+    import simplejpeg
+    simplejpeg_version = simplejpeg.__version__
+  except ImportError:
+    simplejpeg_version = None
   return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
           "pillow": Image.__version__, "libjpeg_turbo": features.check("libjpeg_turbo"),
+          "simplejpeg": simplejpeg_version,
           "grain": getattr(grain, "__version__", "?"), "system": platform.platform()}
 
 
@@ -216,34 +278,129 @@ def measure(config, num_workers: int, num_batches: int, warmup_batches: int) -> 
   del iterator  # stops the workers
   return {"images_per_sec": round(images / elapsed, 1), "timed_images": images,
           "cpu_cores_used": round(cpu.own_cores, 2),
+          "images_per_sec_per_busy_core": round(images / elapsed / max(cpu.own_cores, 1e-9), 1),
           "other_processes_cpu_cores": round(cpu.other_cores, 2),
           "seconds": round(elapsed, 2), "warmup_batches": warmup_batches,
           "warmup_seconds": round(first_batches_s, 2),
           "skipped": skipped, "image_shape": list(batch["image"].shape[1:])}
 
 
-def run_all(config, description: dict) -> None:
-  for workers in [int(w) for w in FLAGS.workers.split(",")]:
-    for attempt in range(1, FLAGS.retries + 2):
-      busy_before = wait_for_idle(FLAGS.wait_for_idle_s)
-      result = measure(config, workers, FLAGS.num_batches, FLAGS.warmup_batches)
-      result.update(busy_cores_before=busy_before, attempt=attempt)
-      if result["other_processes_cpu_cores"] <= FLAGS.max_other_cores:
-        break
+def worker_counts() -> list[int]:
+  if FLAGS.worker_sweep:
+    return [w for w in (1, 2, 4, 8, 16) if w <= (os.cpu_count() or 1)]
+  return [int(w) for w in FLAGS.workers.split(",")]
+
+
+def emit(line: dict) -> None:
+  text = json.dumps(line)
+  print(text, flush=True)
+  if FLAGS.out:
+    with open(FLAGS.out, "a") as f:
+      f.write(text + "\n")
+
+
+def measured(fn):
+  """fn() -> result dict with other_processes_cpu_cores; retried while others took CPU."""
+  for attempt in range(1, FLAGS.retries + 2):
+    busy_before = wait_for_idle(FLAGS.wait_for_idle_s)
+    result = fn()
+    result.update(busy_cores_before=busy_before, attempt=attempt)
+    if result["other_processes_cpu_cores"] <= FLAGS.max_other_cores:
+      break
+  return result
+
+
+def run_all(config, description: dict) -> list[dict]:
+  lines = []
+  for workers in worker_counts():
+    result = measured(lambda: measure(config, workers, FLAGS.num_batches, FLAGS.warmup_batches))
     line = {"benchmark": "input_pipeline", "date": datetime.date.today().isoformat(),
             "workers": workers, **result,
             "images_per_sec_per_process": round(result["images_per_sec"] / max(workers, 1), 1),
             "batch_size": config.batch_size,
             "threads_per_process": max(1, config.data.prefetch_batches),
             "train_transform": config.data.train_transform,
-            "jpeg_draft": config.data.jpeg_draft, "pca_std": config.data.pca_std,
+            "jpeg_draft": config.data.jpeg_draft, "jpeg_decoder": config.data.jpeg_decoder,
+            "pca_std": config.data.pca_std,
             "resize_size": config.data.resize_size, **description,
             "note": FLAGS.note, "machine": machine()}
-    text = json.dumps(line)
-    print(text, flush=True)
-    if FLAGS.out:
-      with open(FLAGS.out, "a") as f:
-        f.write(text + "\n")
+    emit(line)
+    lines.append(line)
+  return lines
+
+
+# --------------------------------------------------------------------------------------------
+# --compare_decode: bare decode of the stored bytes vs the pipeline, side by side
+
+
+def stored_train_images(data_dir: str) -> list[bytes]:
+  """The `image` bytes of every record of the train split of a tfds build."""
+  from alexnet_jax.data import imagenet
+  source = imagenet.tfds_split(data_dir, "train")
+  return [source[i]["image"] for i in range(len(source))]
+
+
+def bare_decode(images: list[bytes], decoder: str, min_seconds: float = 3.0) -> dict:
+  """One thread decoding the stored bytes to RGB arrays, nothing else: Pillow's open, load,
+  convert('RGB'), or simplejpeg.decode_jpeg(colorspace='RGB'); whole passes for at least
+  `min_seconds`."""
+  if decoder == "pillow":
+    def decode(data):
+      return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+  else:
+    import simplejpeg
+
+    def decode(data):
+      return simplejpeg.decode_jpeg(data, colorspace="RGB")
+  for data in images[:8]:
+    decode(data)  # warm caches
+  count = 0
+  started = time.perf_counter()
+  with CpuMeter() as cpu:
+    while time.perf_counter() - started < min_seconds:
+      for data in images:
+        decode(data)
+      count += len(images)
+  elapsed = time.perf_counter() - started
+  return {"images_per_sec": round(count / elapsed, 1), "timed_images": count,
+          "seconds": round(elapsed, 2), "cpu_cores_used": round(cpu.own_cores, 2),
+          "images_per_sec_per_busy_core": round(count / elapsed / max(cpu.own_cores, 1e-9), 1),
+          "other_processes_cpu_cores": round(cpu.other_cores, 2)}
+
+
+def compare_decode(config, folder_dir: str, tmp: str, description: dict) -> None:
+  """Packs `folder_dir` twice (JPEG at shorter side 256, raw 256x256) and measures, in one run,
+  bare decode per core vs the pipeline per busy core on the same stored bytes, and raw."""
+  from alexnet_jax.data import transforms
+  jpeg_dir = pack(folder_dir, str(pathlib.Path(tmp) / "jpeg256"), 256)
+  raw_dir = pack(folder_dir, str(pathlib.Path(tmp) / "raw"), 0, storage_format="raw")
+  images = stored_train_images(jpeg_dir)
+  common = {"date": datetime.date.today().isoformat(), **description,
+            "mean_stored_jpeg_bytes": round(float(np.mean([len(b) for b in images]))),
+            "note": FLAGS.note, "machine": machine()}
+  decoders = ["pillow"] + (["simplejpeg"] if transforms.simplejpeg is not None else [])
+  bare = {}
+  for decoder in decoders:
+    result = measured(lambda: bare_decode(images, decoder))
+    bare[decoder] = result["images_per_sec_per_busy_core"]
+    emit({"benchmark": "bare_decode", "storage": "jpeg256", "decoder": decoder,
+          "workers": "1 process, 1 thread", **result, **common})
+  config.data.source = "tfds"
+  for decoder in decoders:
+    config.data.data_dir = jpeg_dir
+    config.data.jpeg_decoder = decoder
+    for line in run_all(config, {"storage": "jpeg256", "compare": True, **description}):
+      ratio = line["images_per_sec_per_busy_core"] / bare[decoder]
+      emit({"benchmark": "compare_decode", "storage": "jpeg256", "decoder": decoder,
+            "workers": line["workers"],
+            "pipeline_images_per_sec_per_busy_core": line["images_per_sec_per_busy_core"],
+            "bare_decode_images_per_sec_per_core": bare[decoder],
+            "ratio_pipeline_to_bare_decode": round(ratio, 3), "target_ratio": 0.85, **common})
+  config.data.data_dir = raw_dir
+  for line in run_all(config, {"storage": "raw256", "compare": True, **description}):
+    emit({"benchmark": "compare_decode", "storage": "raw256", "workers": line["workers"],
+          "pipeline_images_per_sec_per_busy_core": line["images_per_sec_per_busy_core"],
+          "target_images_per_sec_per_core": 10_000, **common})
 
 
 def main(argv) -> None:
@@ -256,7 +413,13 @@ def main(argv) -> None:
   description = {"data": "given", "data_dir": FLAGS.data_dir}
   with tempfile.TemporaryDirectory(prefix="alexnet_jax_bench_") as tmp:
     data_dir = FLAGS.data_dir
-    if not data_dir:
+    if not data_dir and FLAGS.photos_dir:
+      data_dir = str(make_photo_dataset(pathlib.Path(tmp) / "folder", FLAGS.photos_dir,
+                                        num_images=FLAGS.num_images, quality=FLAGS.jpeg_quality))
+      description = {"data": "real photographs", "photos_dir": FLAGS.photos_dir,
+                     "num_images": FLAGS.num_images, "jpeg_quality": FLAGS.jpeg_quality,
+                     "mean_file_bytes": round(mean_train_file_bytes(data_dir))}
+    elif not data_dir:
       data_dir = str(make_benchmark_dataset(
           pathlib.Path(tmp) / "folder", num_images=FLAGS.num_images,
           num_unique=FLAGS.num_unique_images, width=FLAGS.image_width,
@@ -265,8 +428,13 @@ def main(argv) -> None:
                                                                  FLAGS.image_height],
                      "jpeg_quality": FLAGS.jpeg_quality,
                      "mean_file_bytes": round(mean_train_file_bytes(data_dir))}
-      if FLAGS.storage == "arrayrecord":
-        data_dir = pack(data_dir, str(pathlib.Path(tmp) / "tfds"), FLAGS.resize_shorter)
+    if FLAGS.compare_decode:
+      compare_decode(config, data_dir, tmp, description)
+      return
+    if not FLAGS.data_dir:  # a dataset made here: read as a folder or packed first
+      if FLAGS.storage in ("arrayrecord", "raw"):
+        data_dir = pack(data_dir, str(pathlib.Path(tmp) / "tfds"), FLAGS.resize_shorter,
+                        storage_format="raw" if FLAGS.storage == "raw" else "jpeg")
         description["storage"] = "arrayrecord"
         description["stored_resize_shorter"] = FLAGS.resize_shorter
       else:
@@ -275,14 +443,17 @@ def main(argv) -> None:
     run_all(config, description)
 
 
-def pack(folder_dir: str, out_dir: str, resize_shorter: int) -> str:
+def pack(folder_dir: str, out_dir: str, resize_shorter: int, storage_format: str = "jpeg") -> str:
   """The folder dataset written as a tfds ArrayRecord build by alexnet_jax.tools.prepare."""
   from alexnet_jax.tools import prepare
   started = time.perf_counter()
   shards = prepare.plan_folder(folder_dir, examples_per_shard=256)
-  prepare.write_tfds_dataset(shards, out_dir, prepare.StoreOptions(resize_shorter),
-                             num_workers=os.cpu_count() or 1, origin=folder_dir)
-  print(json.dumps({"benchmark": "prepare", "resize_shorter": resize_shorter,
+  prepare.write_tfds_dataset(shards, out_dir, prepare.StoreOptions(resize_shorter,
+                                                                   format=storage_format),
+                             num_workers=os.cpu_count() or 1, origin=folder_dir,
+                             progress=False)
+  print(json.dumps({"benchmark": "prepare", "format": storage_format,
+                    "resize_shorter": resize_shorter,
                     "seconds": round(time.perf_counter() - started, 1)}), file=sys.stderr)
   return out_dir
 

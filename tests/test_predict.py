@@ -212,7 +212,7 @@ def test_undecodable_file_is_reported_not_fatal(fashion_run, tmp_path):
 def test_torchvision_weights_get_imagenet_names(tmp_path, tmp_path_factory):
   pth = shared_torchvision_pth(tmp_path_factory)
   loaded = predict.load_model_from_torchvision(pth, image_size=63)
-  assert loaded.preprocessing.source == "torchvision"
+  assert loaded.preprocessing["source"] == "torchvision"
   assert loaded.class_names == imagenet.class_names()
   record = predict.predict_files(loaded, [write_image(tmp_path / "x.jpg", 80, 70)], k=5)[0]
   probabilities = [e["probability"] for e in record["top"]]

@@ -10,6 +10,10 @@
   ship inside the tensorflow-datasets package.
 - `auto`: whichever of the two `data_dir` holds (tfds first).
 
+A tfds build written by `prepare --format=raw` (its `alexnet_jax_prepare.json` says
+`"format": "raw"`) holds 256x256 uint8 pixels instead of JPEGs; `build` then uses the raw
+transforms of `data/raw.py` (no decoding).
+
 Labels are always the position of the wnid in the standard 1000-class order
 (`imagenet_labels/imagenet2012_synsets.txt`), never the listing order of a partial copy. Every
 layout problem is reported by `build(config)`, before any training starts.
@@ -29,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax.data import IMAGENET_SOURCES, DataInfo, Split, pipeline, transforms
+from alexnet_jax.data import IMAGENET_SOURCES, DataInfo, Split, pipeline, raw, transforms
 from alexnet_jax.errors import UserError, MissingFileError
 
 # The `data.source` values that read ImageNet (this module); the one list of them.
@@ -46,7 +50,7 @@ VERSION = re.compile(r"\d+\.\d+\.\d+")
 PREPARE_INFO_FILE = "alexnet_jax_prepare.json"
 
 PREPARE_COMMAND = ("python -m alexnet_jax.prepare --tars_dir=DIR_WITH_ILSVRC2012_TARS "
-                   "--data_dir={data_dir} [--resize_shorter=256]")
+                   "--data_dir={data_dir} [--resize_shorter=256 | --format=raw]")
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,6 +72,7 @@ def standard_wnids() -> tuple[str, ...]:
 
 @functools.cache
 def wnid_to_label() -> dict[str, int]:
+  """WordNet id (e.g. 'n01440764') -> label 0..999 in the standard ILSVRC-2012 order."""
   return {wnid: i for i, wnid in enumerate(standard_wnids())}
 
 
@@ -116,6 +121,7 @@ def validation_label(file_name: str) -> int:
 
 
 def layout_help(data_dir: str) -> str:
+  """The text that shows both accepted layouts of data_dir and the prepare command."""
   shown = data_dir or "DATA_DIR"
   return (
       "Expected one of these layouts:\n"
@@ -130,6 +136,7 @@ def layout_help(data_dir: str) -> str:
 
 
 def missing_data_error(data_dir: str, problem: str) -> Exception:
+  """The UserError for ImageNet not found: MissingFileError when data_dir does not exist."""
   message = f"ImageNet not found: {problem}.\n{layout_help(data_dir)}"
   if data_dir and not os.path.exists(data_dir):
     return MissingFileError(message)
@@ -141,6 +148,7 @@ def missing_data_error(data_dir: str, problem: str) -> Exception:
 
 
 def tfds_default_data_dir() -> str:
+  """tensorflow-datasets' default data directory (TFDS_DATA_DIR or ~/tensorflow_datasets)."""
   import tensorflow_datasets as tfds
   return os.fspath(tfds.core.constants.DATA_DIR)
 
@@ -178,6 +186,28 @@ def open_tfds_split(data_dir: str, version: str, split: str):
 
 def tfds_split(data_dir: str, split: str):
   """The tfds data source of `split` ('train' or 'eval') of the newest prepared version."""
+  return tfds_split_and_storage(data_dir, split)[0]
+
+
+def prepare_info(version_dir: os.PathLike) -> dict[str, Any]:
+  """The contents of `alexnet_jax_prepare.json` in a build ({} when tfds wrote it). A build
+  without a `format` entry holds encoded images ('jpeg')."""
+  path = pathlib.Path(version_dir) / PREPARE_INFO_FILE
+  if not path.is_file():
+    return {}
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path} cannot be read ({e}); prepare the build again with "
+                    "--overwrite.") from e
+
+
+def tfds_split_and_storage(data_dir: str, split: str) -> tuple[Any, dict[str, Any]]:
+  """(source, storage) of `split` of the newest prepared version.
+
+  storage: {'format': 'jpeg' | 'raw', 'side': stored side in pixels (raw), 'version_dir'}.
+  A raw source is wrapped in `raw.RawSource`, which checks every record's size.
+  """
   versions = prepared_tfds_versions(data_dir)
   if not versions:
     raise missing_data_error(data_dir, f"no {TFDS_NAME}/<version>/dataset_info.json under "
@@ -189,7 +219,18 @@ def tfds_split(data_dir: str, split: str):
     raise UserError(f"{version_dir} has no {TFDS_SPLITS[split]} split (it has "
                     f"{sorted(available)}); prepare it with {PREPARE_COMMAND}.")
   _log_prepare_info(version_dir)
-  return open_tfds_split(data_dir, versions[-1], TFDS_SPLITS[split])
+  source = open_tfds_split(data_dir, versions[-1], TFDS_SPLITS[split])
+  written = prepare_info(version_dir)
+  storage = {"format": written.get("format", "jpeg"), "version_dir": str(version_dir)}
+  if storage["format"] == raw.FORMAT:
+    storage["side"] = int(written.get("side", raw.SIDE))
+    split_info = next(s for s in info["splits"] if s["name"] == TFDS_SPLITS[split])
+    files, lengths = raw.shard_names(split_info)
+    source = raw.RawSource(source, files, lengths, storage["side"])
+  elif storage["format"] != "jpeg":
+    raise UserError(f"{version_dir / PREPARE_INFO_FILE} says format={storage['format']!r}, "
+                    "which this version of alexnet_jax cannot read (jpeg or raw).")
+  return source, storage
 
 
 def _log_prepare_info(version_dir: pathlib.Path) -> None:
@@ -341,21 +382,30 @@ def build(config: Any, split: str, *, ten_crop: bool = False) -> Split:
   now and raises UserError, naming the directory and both layouts, when it is not there."""
   _check_config(config)
   kind, data_dir = resolve_source(config.data.source, config.data.data_dir)
+  storage = {"format": "jpeg"}
   if kind == "tfds":
-    source = tfds_split(data_dir, split)
+    source, storage = tfds_split_and_storage(data_dir, split)
   else:
     source = folder_split(data_dir, "train" if split == "train" else "val")
   data = config.data
   size = config.model.image_size
+  info = DataInfo(num_classes=NUM_CLASSES, channels=3, class_names=class_names(),
+                  has_crops=True)
+  if storage["format"] == raw.FORMAT:
+    raw.check_config(config, storage["side"], storage["version_dir"])
+    if len(source):
+      source[0]  # a damaged build fails now, naming the shard, not mid-run
+    transform = raw.make_transform(config, split, ten_crop=ten_crop, side=storage["side"])
+    logging.info("ImageNet %s from %s (%s, raw %dx%d): %d images", split, data_dir, kind,
+                 storage["side"], storage["side"], len(source))
+    return Split(source, transform, info)
   if split == "train":
     transform = transforms.make_train_transform(
         data.train_transform, image_size=size, resize_size=data.resize_size,
-        pca_std=data.pca_std, use_draft=data.jpeg_draft)
+        pca_std=data.pca_std, use_draft=data.jpeg_draft, decoder=data.jpeg_decoder)
   else:
     transform = transforms.make_eval_transform(
         image_size=size, resize_size=data.resize_size, ten_crop=ten_crop,
-        use_draft=data.jpeg_draft)
-  info = DataInfo(num_classes=NUM_CLASSES, channels=3, class_names=class_names(),
-                  has_crops=True)
+        use_draft=data.jpeg_draft, decoder=data.jpeg_decoder)
   logging.info("ImageNet %s from %s (%s): %d images", split, data_dir, kind, len(source))
   return Split(source, transform, info)

@@ -10,6 +10,9 @@ Three ways, all ending in `<data_dir>/imagenet2012/<version>/` that `data.source
   python -m alexnet_jax.prepare --tars_dir=DIR --data_dir=OUT --resize_shorter=256
   python -m alexnet_jax.prepare --folder_dir=DIR --data_dir=OUT --resize_shorter=256
 
+  # the paper's storage: central 256x256 patch as raw uint8 RGB (196,608 bytes an image)
+  python -m alexnet_jax.prepare --folder_dir=DIR --data_dir=OUT --format=raw
+
 DIR with --tars_dir holds ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar; with
 --folder_dir it holds train/<wnid>/*.JPEG and val/ (either layout, see docs/data.md).
 `--folder_dir` without `--resize_shorter` packs the original files unchanged.
@@ -18,8 +21,11 @@ The TensorFlow-free writer produces exactly what tfds would: the `imagenet2012` 
 (`image` JPEG bytes, `label`, `file_name`) serialized as tf.train.Example protos (tfds ships the
 proto classes), in ArrayRecord shards with `group_size:1` (random access), plus tfds's
 dataset_info.json and features.json, so `tfds.data_source` opens it as any imagenet2012 build.
-A file `alexnet_jax_prepare.json` next to them records how the images were stored. Worker
-processes each write whole shards; unreadable images are skipped, listed and counted.
+A file `alexnet_jax_prepare.json` next to them records how the images were stored
+(`format`: jpeg or raw). Worker processes each write whole shards; unreadable images are
+skipped, listed and counted. Everything is written into `<version>.incomplete-alexnet_jax/`
+and renamed to `<version>/` only at the end, so an interrupted prepare leaves nothing a run
+could read; a directory that already holds a build is refused unless `--overwrite`.
 """
 
 from __future__ import annotations
@@ -41,8 +47,9 @@ import time
 from typing import Iterator, Sequence
 
 from absl import flags
+import tqdm
 
-from alexnet_jax.data import imagenet, pipeline, transforms
+from alexnet_jax.data import imagenet, pipeline, raw, transforms
 from alexnet_jax.errors import UsageError, UserError
 from alexnet_jax.tools import cli
 
@@ -66,12 +73,36 @@ class LoadedItem:
     return self.data
 
 
+FORMATS = ("jpeg", raw.FORMAT)
+# Mean bytes of an ILSVRC-2012 train JPEG (~147.9 GB / 1,281,167): estimates the number of
+# images in a class tar for the progress bar's total (the tar is not read twice).
+MEAN_TRAIN_FILE_BYTES = 110_000
+
+
+# One record per chunk (random access) and no compression: ArrayRecord's default, brotli,
+# gains ~1% on JPEG bytes and costs ~0.3 ms per raw 256x256 record to decompress, more than
+# everything else a raw example needs (measured, docs/data.md).
+ARRAY_RECORD_OPTIONS = "group_size:1,uncompressed"
+
+
+class BuildExistsError(UserError, FileExistsError):
+  """The output directory already holds a build (pass --overwrite)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class StoreOptions:
-  """How images are stored: resized to shorter side `resize_shorter` pixels (0: original
-  bytes) and re-encoded as JPEG at `jpeg_quality` (1-95, PIL's scale)."""
+  """How images are stored.
+
+  format 'jpeg': resized to shorter side `resize_shorter` pixels (0: original bytes) and
+  re-encoded as JPEG at `jpeg_quality` (1-95, PIL's scale). format 'raw': the central
+  `raw_side` x `raw_side` patch after scaling the shorter side to `raw_side` (the paper's 256),
+  as uint8 RGB bytes (raw_side * raw_side * 3 a record). decoder: a `data.jpeg_decoder` value.
+  """
   resize_shorter: int = 0  # 0 keeps the original bytes
   jpeg_quality: int = 90
+  format: str = "jpeg"
+  raw_side: int = raw.SIDE
+  decoder: str = "pillow"
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,11 +230,17 @@ def plan_tars(tars_dir: str, examples_per_shard: int) -> list[Shard]:
 
 
 def stored_image(data: bytes, key: str, options: StoreOptions) -> bytes:
-  """The bytes to store: the original, or a JPEG with the shorter side `resize_shorter`.
+  """The bytes to store: the original, a JPEG with the shorter side `resize_shorter`, or (raw)
+  the central square's raw_side * raw_side * 3 uint8 RGB bytes.
+
+  Raises `pipeline.SkippableRecordError` for a file that does not decode (when it has to be).
 
   Images already no larger than that keep their bytes when they are plain JPEGs; CMYK, PNG and
   other oddities are re-encoded as RGB JPEGs.
   """
+  if options.format == raw.FORMAT:
+    return raw.centre_square(data, key, options.raw_side,
+                             transforms.resolve_decoder(options.decoder))
   if options.resize_shorter <= 0:
     return data
   target = options.resize_shorter
@@ -220,7 +257,8 @@ def stored_image(data: bytes, key: str, options: StoreOptions) -> bytes:
     image = transforms.decode_rgb(data, key)
   else:
     out_size = transforms.resized_size(width, height, target)
-    image = transforms.decode_region(data, key, whole_image, out_size, use_draft=True)
+    image = transforms.decode_region(data, key, whole_image, out_size, use_draft=True,
+                                     decoder=transforms.resolve_decoder(options.decoder))
   buffer = io.BytesIO()
   image.save(buffer, format="JPEG", quality=options.jpeg_quality)
   return buffer.getvalue()
@@ -245,21 +283,42 @@ class ShardResult:
   skipped: tuple[str, ...]
 
 
+# Images done, shared with the parent for the progress bar (set in each worker process).
+_progress_counter = None
+_PROGRESS_EVERY = 16
+
+
+def _init_worker(counter) -> None:
+  global _progress_counter
+  _progress_counter = counter
+
+
+def _count_progress(n: int) -> None:
+  if _progress_counter is not None and n:
+    with _progress_counter.get_lock():
+      _progress_counter.value += n
+
+
 def write_shard(shard: Shard, data_dir: str, out_dir: str,
                 options: StoreOptions) -> ShardResult:
   """Writes one shard's examples, in order, to an ArrayRecord file in `out_dir`.
 
-  Files that cannot be read, or (when resizing) decoded, are logged, listed and left out.
-  Without resizing the bytes are stored unchecked: the training loader skips bad ones.
+  Files that cannot be read, or (when resizing or raw) decoded, are logged, listed and left
+  out. Without resizing the bytes are stored unchecked: the training loader skips bad ones.
   """
   from array_record.python import array_record_module
   features = imagenet_features(data_dir)
   path = os.path.join(out_dir, f"{shard.split}-{shard.index:05d}.array_record.tmp")
-  writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+  writer = array_record_module.ArrayRecordWriter(path, ARRAY_RECORD_OPTIONS)
   num_examples = num_bytes = 0
   skipped = []
+  pending = 0
   try:
     for item in shard.items_in_order():
+      pending += 1
+      if pending >= _PROGRESS_EVERY:
+        _count_progress(pending)
+        pending = 0
       try:
         image = stored_image(item.read(), item.file_name, options)
       except (OSError, pipeline.SkippableRecordError) as e:
@@ -273,32 +332,74 @@ def write_shard(shard: Shard, data_dir: str, out_dir: str,
       num_bytes += len(record)
   finally:
     writer.close()
+    _count_progress(pending)
   return ShardResult(shard.split, shard.index, path, num_examples, num_bytes, tuple(skipped))
 
 
+def estimated_images(shards: Sequence[Shard]) -> int:
+  """Images the shards hold: exact for file lists, estimated from the bytes for class tars."""
+  total = 0
+  for shard in shards:
+    if isinstance(shard, ListShard):
+      total += len(shard.items)
+    else:
+      total += max(1, round(shard.size / MEAN_TRAIN_FILE_BYTES))
+  return total
+
+
 def write_all_shards(shards: Sequence[Shard], data_dir: str, out_dir: str,
-                     options: StoreOptions, num_workers: int) -> list[ShardResult]:
-  """Runs write_shard over all shards, in `num_workers` processes (0 or 1: in this one)."""
+                     options: StoreOptions, num_workers: int,
+                     progress: bool = True) -> list[ShardResult]:
+  """Runs write_shard over all shards, in `num_workers` processes (0 or 1: in this one).
+
+  Shows a progress bar (images/s, ETA) on stderr when `progress`, and logs each finished
+  shard with the running count of its own split.
+  """
   started = time.time()
   total = len(shards)
   results = []
+  done_of_split: dict[str, int] = {}
+  context = multiprocessing.get_context("spawn")
+  counter = context.Value("q", 0)
+  bar = tqdm.tqdm(total=estimated_images(shards), unit="img", smoothing=0.1,
+                  disable=not progress, desc="prepare", dynamic_ncols=True)
+
+  def update_bar() -> None:
+    bar.update(counter.value - bar.n)
 
   def log_progress(result: ShardResult) -> None:
     results.append(result)
-    done = sum(r.num_examples for r in results)
-    logging.info("shard %d/%d done (%s %d): %d images, %.0f images/s", len(results), total,
-                 result.split, result.index, done, done / max(time.time() - started, 1e-9))
+    done_of_split[result.split] = done_of_split.get(result.split, 0) + result.num_examples
+    update_bar()
+    logging.info("shard %d/%d done (%s shard %d: %d images, %d skipped); %s; %.0f images/s",
+                 len(results), total, result.split, result.index, result.num_examples,
+                 len(result.skipped),
+                 ", ".join(f"{s} {n} so far" for s, n in sorted(done_of_split.items())),
+                 sum(done_of_split.values()) / max(time.time() - started, 1e-9))
 
-  if num_workers <= 1:
-    for shard in shards:
-      log_progress(write_shard(shard, data_dir, out_dir, options))
+  try:
+    if num_workers <= 1:
+      _init_worker(counter)
+      try:
+        for shard in shards:
+          log_progress(write_shard(shard, data_dir, out_dir, options))
+      finally:
+        _init_worker(None)
+      return results
+    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context,
+                                                initializer=_init_worker,
+                                                initargs=(counter,)) as executor:
+      pending = {executor.submit(write_shard, shard, data_dir, out_dir, options)
+                 for shard in shards}
+      while pending:
+        finished, pending = concurrent.futures.wait(
+            pending, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED)
+        update_bar()
+        for future in finished:
+          log_progress(future.result())
     return results
-  context = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as executor:
-    futures = [executor.submit(write_shard, shard, data_dir, out_dir, options) for shard in shards]
-    for future in concurrent.futures.as_completed(futures):
-      log_progress(future.result())
-  return results
+  finally:
+    bar.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,11 +433,18 @@ def finish_dataset(data_dir: str, work_dir: str, results: Sequence[ShardResult],
   builder.info.as_proto.description = f"{description}\n\n{builder.info.description}"
   builder.info.write_to_directory(work_dir)
   _write_prepare_info(work_dir, results, options, origin, description)
+  if version_dir.exists():  # --overwrite: the old build goes only now that the new one is whole
+    shutil.rmtree(version_dir)
   os.replace(work_dir, version_dir)
   return version_dir
 
 
 def _describe(options: StoreOptions) -> str:
+  if options.format == raw.FORMAT:
+    side = options.raw_side
+    return (f"Written by alexnet_jax.tools.prepare: raw storage, the central {side}x{side} "
+            f"patch after scaling the shorter side to {side}, as uint8 RGB ({side}x{side}x3 = "
+            f"{raw.record_bytes(side)} bytes in each record's image field).")
   if options.resize_shorter > 0:
     return (f"Written by alexnet_jax.tools.prepare: images resized to shorter side "
             f"{options.resize_shorter} and stored as JPEG quality {options.jpeg_quality}.")
@@ -349,32 +457,59 @@ def _write_prepare_info(work_dir: str, results: Sequence[ShardResult], options: 
       "written_by": "alexnet_jax.prepare",
       "description": description,
       "origin": origin,
-      "resize_shorter": options.resize_shorter,
-      "jpeg_quality": options.jpeg_quality if options.resize_shorter > 0 else None,
+      "format": options.format,
+      "resize_shorter": (options.raw_side if options.format == raw.FORMAT
+                         else options.resize_shorter),
+      "jpeg_quality": (options.jpeg_quality
+                       if options.format == "jpeg" and options.resize_shorter > 0 else None),
       "date": datetime.date.today().isoformat(),
       "num_examples": {s: sum(r.num_examples for r in results if r.split == s)
                        for s in sorted({r.split for r in results})},
       "skipped": sorted(name for r in results for name in r.skipped),
+      "array_record_options": ARRAY_RECORD_OPTIONS,
   }
+  if options.format == raw.FORMAT:
+    info.update(side=options.raw_side, image_shape=[options.raw_side, options.raw_side, 3],
+                dtype="uint8", record_bytes=raw.record_bytes(options.raw_side))
   path = pathlib.Path(work_dir) / imagenet.PREPARE_INFO_FILE
   path.write_text(json.dumps(info, indent=1) + "\n")
 
 
+def check_options(options: StoreOptions) -> None:
+  """UserError for a format, side or decoder that cannot be written."""
+  if options.format not in FORMATS:
+    raise UserError(f"--format={options.format!r} is not one of {', '.join(FORMATS)}.")
+  if options.format == raw.FORMAT and options.raw_side <= 0:
+    raise UserError(f"raw storage needs a positive side, got {options.raw_side}.")
+  transforms.resolve_decoder(options.decoder)
+
+
 def write_tfds_dataset(shards: Sequence[Shard], data_dir: str, options: StoreOptions, *,
-                       num_workers: int = 0, origin: str = "",
-                       overwrite: bool = False) -> pathlib.Path:
-  """Writes `shards` as `<data_dir>/imagenet2012/<version>/`, readable by tfds.data_source."""
+                       num_workers: int = 0, origin: str = "", overwrite: bool = False,
+                       progress: bool = True) -> pathlib.Path:
+  """Writes `shards` as `<data_dir>/imagenet2012/<version>/`, readable by tfds.data_source.
+
+  Writes into `<version>.incomplete-alexnet_jax/` and renames it at the end (a run never sees
+  half a build). Raises BuildExistsError (a UserError and FileExistsError) when data_dir
+  already holds an imagenet2012 build of any version and not `overwrite`; with `overwrite`
+  the old build is removed only once the new one is complete.
+  """
   import tensorflow_datasets as tfds
+  check_options(options)
   version_dir = pathlib.Path(tfds.builder(imagenet.TFDS_NAME, data_dir=data_dir).data_dir)
-  if version_dir.exists():
-    if not overwrite:
-      raise FileExistsError(f"{version_dir} already exists; pass --overwrite to replace it, "
-                            "or choose another --data_dir.")
-    shutil.rmtree(version_dir)
+  existing = imagenet.prepared_tfds_versions(data_dir)
+  if (existing or version_dir.exists()) and not overwrite:
+    found = version_dir if version_dir.exists() else version_dir.parent / existing[-1]
+    raise BuildExistsError(f"{found} already holds a build; pass --overwrite to replace it, "
+                           "or choose another --data_dir.")
+  if overwrite:  # older versions would shadow or be shadowed by the new one: clear them too
+    for version in existing:
+      if version != version_dir.name:
+        shutil.rmtree(version_dir.parent / version)
   work_dir = f"{version_dir}.incomplete-alexnet_jax"
   shutil.rmtree(work_dir, ignore_errors=True)
   os.makedirs(work_dir)
-  results = write_all_shards(shards, data_dir, work_dir, options, num_workers)
+  results = write_all_shards(shards, data_dir, work_dir, options, num_workers, progress)
   return finish_dataset(data_dir, work_dir, results, options, origin)
 
 
@@ -406,9 +541,14 @@ def define_flags() -> None:
   flags.DEFINE_string("tars_dir", None, f"Folder holding {TRAIN_TAR} and {VAL_TAR}.")
   flags.DEFINE_string("folder_dir", None, "Folder holding train/<wnid>/*.JPEG and val/ instead.")
   flags.DEFINE_string("data_dir", None, "Where to write (becomes --config.data.data_dir).")
+  flags.DEFINE_enum("format", "jpeg", list(FORMATS),
+                    "jpeg: encoded images (see --resize_shorter). raw: the paper's storage, the "
+                    "central 256x256 patch (or --resize_shorter) as uint8 RGB pixels.")
   flags.DEFINE_integer("resize_shorter", 0,
                        "Store images resized to this shorter side (256 is the paper's); 0 keeps "
-                       "the original files.")
+                       "the original files (jpeg) or means 256 (raw).")
+  flags.DEFINE_enum("jpeg_decoder", "auto", list(transforms.DECODERS),
+                    "JPEG decoder for resizing (see data.jpeg_decoder).")
   flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of re-encoded images.")
   flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
   flags.DEFINE_integer("examples_per_shard", 2048,
@@ -426,10 +566,13 @@ def main(argv: Sequence[str]) -> int:
     raise UsageError("Give exactly one of --tars_dir and --folder_dir.")
   if not FLAGS.data_dir:
     raise UsageError("--data_dir is required.")
-  if FLAGS.tars_dir and FLAGS.resize_shorter <= 0:
+  if FLAGS.tars_dir and FLAGS.resize_shorter <= 0 and FLAGS.format == "jpeg":
     prepare_with_tfds(FLAGS.tars_dir, FLAGS.data_dir)
     return 0
-  options = StoreOptions(FLAGS.resize_shorter, FLAGS.jpeg_quality)
+  options = StoreOptions(FLAGS.resize_shorter, FLAGS.jpeg_quality, format=FLAGS.format,
+                         raw_side=FLAGS.resize_shorter if FLAGS.resize_shorter > 0 else raw.SIDE,
+                         decoder=FLAGS.jpeg_decoder)
+  check_options(options)
   if FLAGS.tars_dir:
     shards, origin = plan_tars(FLAGS.tars_dir, FLAGS.examples_per_shard), FLAGS.tars_dir
   else:

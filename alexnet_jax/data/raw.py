@@ -1,0 +1,185 @@
+"""The paper's storage: every image kept as its central 256x256 patch of uint8 RGB pixels.
+
+`python -m alexnet_jax.prepare --format=raw` rescales each image so its shorter side is 256,
+cuts out the central 256x256 square ("rescaled such that the shorter side was of length 256,
+and then cropped out the central 256x256 patch", Krizhevsky et al. 2012) and stores its
+196,608 bytes (row-major, H x W x RGB) as the `image` field of the usual tfds `imagenet2012`
+record, so the `tfds`/`auto` sources find the build as any other. `alexnet_jax_prepare.json`
+records `"format": "raw"` and the side; `imagenet.build` reads it and picks these transforms.
+
+Nothing is decoded at training time: a train example is a random crop (slicing), an optional
+mirror (slicing) and the PCA colour noise (a lookup table), drawing from the generator in the
+same order as the JPEG path's paper transform (crop offsets, flip, colour noise), so the two
+storages give the same augmentation for the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+
+from alexnet_jax.data import transforms
+from alexnet_jax.errors import UserError
+
+FORMAT = "raw"
+SIDE = 256  # the paper's stored side
+CHANNELS = 3
+
+
+def record_bytes(side: int = SIDE) -> int:
+  """Bytes of one raw record: side * side * 3 (196,608 at 256)."""
+  return side * side * CHANNELS
+
+
+class RawRecordError(UserError):
+  """A raw record whose size is not side * side * 3 bytes: the build is damaged (not a skip)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RawSource:
+  """Wraps the tfds data source of a raw build and checks every record's size.
+
+  inner: the random-access source (records with `image` bytes, `label`, `file_name`).
+  shard_files / shard_lengths: the split's ArrayRecord shard names and example counts, in
+  order, only to name the shard in an error. side: stored side in pixels.
+  """
+  inner: Any
+  shard_files: tuple[str, ...]
+  shard_lengths: tuple[int, ...]
+  side: int = SIDE
+
+  def __len__(self) -> int:
+    return len(self.inner)
+
+  def __getitem__(self, index: int) -> Mapping[str, Any]:
+    record = self.inner[index]
+    size = len(record["image"])
+    if size != record_bytes(self.side):
+      shard, position = self.locate(index)
+      raise RawRecordError(
+          f"record {index} ({transforms.record_key(record)}, record {position} of shard "
+          f"{shard}) holds {size} bytes, not {record_bytes(self.side)} (a {self.side}x"
+          f"{self.side}x3 uint8 image): the raw build is damaged; prepare it again with "
+          "--format=raw --overwrite.")
+    return record
+
+  def locate(self, index: int) -> tuple[str, int]:
+    """(shard file name, position in it) of global record `index`."""
+    start = 0
+    for name, length in zip(self.shard_files, self.shard_lengths):
+      if index < start + length:
+        return name, index - start
+      start += length
+    return "?", index
+
+
+def pixels(record: Mapping[str, Any], side: int = SIDE) -> np.ndarray:
+  """The record's image as a read-only (side, side, 3) uint8 view (no copy)."""
+  return np.frombuffer(record["image"], np.uint8).reshape(side, side, CHANNELS)
+
+
+def encode(image: np.ndarray) -> bytes:
+  """A (side, side, 3) uint8 array as the bytes of one raw record."""
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != CHANNELS or (
+      image.shape[0] != image.shape[1]):
+    raise ValueError(f"a raw record is a square uint8 RGB image, got {image.dtype} "
+                     f"{image.shape}")
+  return np.ascontiguousarray(image).tobytes()
+
+
+def centre_square(data: bytes, key: str, side: int = SIDE, decoder: str = "pillow") -> bytes:
+  """Encoded image bytes -> raw record bytes: shorter side to `side` (antialiased bilinear,
+  torchvision's rounding), central side x side square. Raises SkippableRecordError for a file
+  that does not decode."""
+  choose = lambda w, h: transforms.centre_crop_box(w, h, side, side)
+  image = transforms.decode_region(data, key, choose, (side, side), use_draft=True,
+                                   decoder=decoder)
+  return encode(np.asarray(image))
+
+
+@dataclasses.dataclass(frozen=True)
+class RawPaperTrainTransform:
+  """Random `image_size` crop of the stored square, flip with p=1/2, PCA colour noise.
+
+  Returns {'image': (image_size, image_size, 3) uint8, 'label': int32}.
+  """
+  image_size: int
+  pca_std: float = 0.1
+  side: int = SIDE
+
+  def __call__(self, record, rng: np.random.Generator):
+    square = pixels(record, self.side)
+    size = self.image_size
+    dx, dy = rng.integers(0, self.side - size + 1, size=2)  # as transforms.paper_crop_box
+    crop = square[int(dy):int(dy) + size, int(dx):int(dx) + size]
+    if rng.random() < 0.5:  # as transforms.maybe_flip
+      crop = transforms.flip_lr(crop)
+    if self.pca_std > 0:
+      array = transforms.add_color_shift(crop, transforms.pca_color_shift(rng, self.pca_std))
+    else:
+      array = np.ascontiguousarray(crop)
+    return {"image": array, "label": np.int32(record["label"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class RawCentreCropTransform:
+  """Evaluation: the central `image_size` crop, (S, S, 3) uint8."""
+  image_size: int
+  side: int = SIDE
+
+  def __call__(self, record, rng: np.random.Generator):
+    del rng
+    offset = transforms.centre_offset(self.side, self.image_size)
+    crop = pixels(record, self.side)[offset:offset + self.image_size,
+                                     offset:offset + self.image_size]
+    return {"image": np.ascontiguousarray(crop), "label": np.int32(record["label"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class RawTenCropTransform:
+  """Evaluation on the paper's 10 views of the stored square: (10, S, S, 3) uint8."""
+  image_size: int
+  side: int = SIDE
+
+  def __call__(self, record, rng: np.random.Generator):
+    del rng
+    return {"image": transforms.ten_crops(pixels(record, self.side), self.image_size),
+            "label": np.int32(record["label"])}
+
+
+def check_config(config: Any, side: int, where: str) -> None:
+  """UserError when `config` asks for something a raw build at `where` cannot give."""
+  data = config.data
+  if data.train_transform != "paper":
+    raise UserError(
+        f"data.train_transform={data.train_transform!r} needs the whole image, but {where} "
+        f"stores only the central {side}x{side} patch (raw); use "
+        "--config.data.train_transform=paper, or prepare JPEG storage without --format=raw.")
+  if data.resize_size != side:
+    raise UserError(
+        f"data.resize_size={data.resize_size} but {where} stores images at {side}x{side} "
+        f"(raw); set --config.data.resize_size={side}.")
+  if config.model.image_size > side:
+    raise UserError(f"model.image_size={config.model.image_size} is larger than the "
+                    f"{side}x{side} raw images in {where}.")
+
+
+def make_transform(config: Any, split: str, *, ten_crop: bool, side: int):
+  """The raw transform of `split` ('train' or 'eval') for `config`."""
+  size = config.model.image_size
+  if split == "train":
+    return RawPaperTrainTransform(size, config.data.pca_std, side)
+  if ten_crop:
+    return RawTenCropTransform(size, side)
+  return RawCentreCropTransform(size, side)
+
+
+def shard_names(split_info: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+  """(shard file names, example counts) of one split, from its dataset_info.json entry."""
+  lengths = tuple(int(n) for n in split_info.get("shardLengths", []))
+  name = split_info["name"]
+  files = tuple(f"imagenet2012-{name}.array_record-{i:05d}-of-{len(lengths):05d}"
+                for i in range(len(lengths)))
+  return files, lengths
