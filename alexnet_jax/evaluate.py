@@ -50,6 +50,7 @@ def run_eval(exp: Experiment, params: Any, batch_stats: Any = None, *,
   progress = tqdm(total=num_batches, desc="eval", unit="batch", delay=PROGRESS_DELAY_S,
                   disable=not (chief and on_terminal), leave=False)
   last_line = time.time()
+  done = 0
   try:
     for batch in batches:
       sums = exp.eval_step(params, batch_stats, batch)
@@ -62,9 +63,11 @@ def run_eval(exp: Experiment, params: Any, batch_stats: Any = None, *,
         counted = rows["mask"].astype(bool)
         view_counts.add(rows["label"][counted].astype(np.int64), rows["ranked"][counted])
       progress.update(1)
+      done += 1
       if chief and not on_terminal and time.time() - last_line > PROGRESS_LOG_S:
         last_line = time.time()
-        logging.info("eval: %d/%d batches", progress.n, num_batches)
+  done = 0
+        logging.info("eval: %d/%d batches", done, num_batches)
   finally:
     progress.close()
     batches.close()
