@@ -66,7 +66,6 @@ def run_eval(exp: Experiment, params: Any, batch_stats: Any = None, *,
       done += 1
       if chief and not on_terminal and time.time() - last_line > PROGRESS_LOG_S:
         last_line = time.time()
-  done = 0
         logging.info("eval: %d/%d batches", done, num_batches)
   finally:
     progress.close()
