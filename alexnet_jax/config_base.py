@@ -89,10 +89,12 @@ def base_config() -> ml_collections.ConfigDict:
   # JAX's backend will be the CPU (alexnet_jax/runtime/cpu_runtime.py): glibc keeps freed memory
   # instead of page-faulting each step's scratch buffer back in. Speed only.
   c.cpu_runtime_tuning = True
-  # Also send XLA:CPU's convolutions to its Eigen path (faster conv gradients on the 2-core
-  # machine it was measured on) -- off by default: it raised peak memory about 2.7x and breaks
-  # parallel.model=2 ("unsupported layout in YNN fusion"). docs/model.md, "Process settings".
-  c.cpu_eigen_convolutions = False
+  # Also send XLA:CPU's convolutions to its Eigen path (convolution gradients ~2x faster on the
+  # machines measured; the paper net's step ~1.5x). 'auto': only with one process, one CPU
+  # device and parallel.model=1, where it was measured safe; it costs memory (peak 4.6 vs
+  # 2.6 GB at batch 32), and with several devices or the towers split (parallel.model=2) it
+  # multiplied memory or failed. True/False force it. docs/model.md, "Process settings".
+  c.cpu_eigen_convolutions = "auto"
   # Persistent XLA compilation cache: "" = the user's cache directory
   # ($XDG_CACHE_HOME or ~/.cache)/alexnet_jax/jax_compilation_cache; "off" disables it.
   c.compilation_cache_dir = ""

@@ -120,7 +120,9 @@ def main(argv):
   config = _CONFIG.value
   # Before anything starts a JAX backend: XLA reads its flags once, at that moment.
   for line in cpu_runtime.configure(config.get("cpu_runtime_tuning", True),
-                                    config.get("cpu_eigen_convolutions", False)):
+                                    config.get("cpu_eigen_convolutions", "auto"),
+                                    model_parallel=config.parallel.model,
+                                    num_processes=_NUM_PROCESSES.value or 1):
     logging.info("CPU runtime: %s", line)
   # Until the training loop installs its own handlers (finish the step, save, exit), a signal
   # stops here with a message instead of killing the process silently.

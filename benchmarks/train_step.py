@@ -98,7 +98,8 @@ def main(argv):
   from alexnet_jax.runtime import cpu_runtime
 
   # Before JAX starts its backend, as main does.
-  tuning = cpu_runtime.configure(_CPU_RUNTIME_TUNING.value, _CONFIG.value.cpu_eigen_convolutions)
+  tuning = cpu_runtime.configure(_CPU_RUNTIME_TUNING.value, _CONFIG.value.cpu_eigen_convolutions,
+                                  model_parallel=_CONFIG.value.parallel.model)
   config = _CONFIG.value
   config.batch_size = _BATCH.value
   config.eval_batch_size = _BATCH.value

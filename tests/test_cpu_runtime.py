@@ -117,17 +117,27 @@ def test_nothing_is_applied_on_an_accelerator_host(monkeypatch):
   assert applied == {} and environ["XLA_FLAGS"] == ""
 
 
-def test_the_convolution_flag_is_opt_in(monkeypatch):
-  # It raised peak memory ~2.7x and XLA rejects it for the two-tower layout (docs/model.md).
+def test_the_convolution_flag_only_where_measured_safe(monkeypatch):
+  # One process, one CPU device, no towers split over devices: applied ('auto'). Several
+  # devices multiplied memory, parallel.model=2 makes XLA fail: not applied (docs/model.md).
   _pretend_measured_setup(monkeypatch)
   monkeypatch.setattr(cpu_runtime, "keep_freed_memory", lambda: True)
   monkeypatch.setattr(cpu_runtime, "backends_started", lambda: False)
+  cases = [({"XLA_FLAGS": ""}, {}, True),
+           ({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, {}, False),
+           ({"XLA_FLAGS": ""}, {"model_parallel": 2}, False),
+           ({"XLA_FLAGS": ""}, {"num_processes": 2}, False)]
+  for environ, layout, applied in cases:
+    environ = dict(environ, JAX_PLATFORMS="cpu")
+    lines = cpu_runtime.configure(True, "auto", environ=environ, **layout)
+    assert ("ynn_fusion_type" in environ["XLA_FLAGS"]) == applied, (environ, layout)
+    assert any(("ynn_fusion_type" in line) == applied for line in lines)
   environ = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-  assert not any("XLA_FLAGS" in line for line in cpu_runtime.configure(True, environ=environ))
-  assert environ["XLA_FLAGS"] == ""
-  lines = cpu_runtime.configure(True, eigen_convolutions=True, environ=environ)
-  assert any("ynn_fusion_type" in line for line in lines)
-  assert "ynn_fusion_type" in environ["XLA_FLAGS"]
+  cpu_runtime.configure(True, False, environ=environ)
+  assert environ["XLA_FLAGS"] == ""  # forced off
+  environ = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  cpu_runtime.configure(True, "true", environ=environ)
+  assert "ynn_fusion_type" in environ["XLA_FLAGS"]  # forced on
 
 
 def test_main_applies_the_settings_before_jax_starts(tmp_path):
@@ -135,7 +145,14 @@ def test_main_applies_the_settings_before_jax_starts(tmp_path):
                     "--config.eval_at_end=false", "--config.data.num_train_examples=32")
   if ON_GLIBC:
     assert "CPU runtime: glibc keeps freed memory" in result.stderr
-  assert "ynn_fusion_type" not in result.stderr  # opt-in only
+  if (cpu_runtime._jaxlib_version() in cpu_runtime.TUNED_JAXLIB_VERSIONS
+      and platform.machine() in cpu_runtime.TUNED_MACHINES):  # one device: 'auto' applies it
+    assert "CPU runtime: XLA_FLAGS += --xla_cpu_experimental_ynn_fusion_type" in result.stderr
+  eight = run_main("synthetic.py", tmp_path / "eight", "--config.num_train_steps=1",
+                   "--config.eval_at_end=false", "--config.data.num_train_examples=32",
+                   "--config.batch_size=8", devices=8)
+  assert "XLA_FLAGS +=" not in eight.stderr
+  assert "convolutions on XLA's default library (auto: not applied with 8 devices" in eight.stderr
 
   off = run_main("synthetic.py", tmp_path / "off", "--config.num_train_steps=1",
                  "--config.eval_at_end=false", "--config.data.num_train_examples=32",

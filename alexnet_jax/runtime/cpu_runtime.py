@@ -20,9 +20,12 @@ settings"):
 Both only change speed, never values beyond float rounding. `configure()` is called by the
 command-line entry points before anything touches a JAX backend. The allocator setting is on by
 default (`config.cpu_runtime_tuning`; ALEXNET_JAX_CPU_RUNTIME_TUNING=0 also turns it off); the
-convolution flag only with `config.cpu_eigen_convolutions=True`: it raised peak memory about
-2.7x (4.4 vs 1.6 GB for a 3-step paper run) and XLA rejects it for the two-tower layout
-(parallel.model=2: "Instruction with unsupported layout in YNN fusion").
+convolution flag where it was measured safe (`config.cpu_eigen_convolutions='auto'`: one
+process, one CPU device, parallel.model=1): with several simulated devices it multiplied peak
+memory (killed for memory at 8) and XLA rejects it for the two-tower layout (parallel.model=2:
+"Instruction with unsupported layout in YNN fusion"). On one device it costs memory too: peak
+RSS of a 3-step paper run at batch 32, 4.6 GB (2.6 GB with the allocator setting alone, 1.7 GB
+untuned), for a step about 1.5x faster (docs/benchmarks.md).
 
 How the backend is known before it starts: JAX_PLATFORMS, when set, names it (its first
 entry); otherwise JAX picks an accelerator whenever a GPU or TPU plugin is installed
@@ -35,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import re
 import sys
 
 # jaxlib versions (major, minor) and processors on which XLA_CPU_FLAGS were measured.
@@ -121,10 +125,42 @@ def add_xla_cpu_flags(environ=os.environ) -> list[str]:
   return added
 
 
-def configure(enabled: bool = True, eigen_convolutions: bool = False,
-              environ=os.environ) -> list[str]:
+def simulated_device_count(environ=os.environ) -> int:
+  """CPU devices XLA will create: --xla_force_host_platform_device_count in XLA_FLAGS, else 1."""
+  match = re.search(r"--xla_force_host_platform_device_count=(\d+)", environ.get("XLA_FLAGS", ""))
+  return int(match.group(1)) if match else 1
+
+
+def eigen_convolutions_wanted(setting, *, model_parallel: int = 1, num_processes: int = 1,
+                              environ=os.environ) -> tuple[bool, str]:
+  """(apply the convolution flag?, why) for `config.cpu_eigen_convolutions`.
+
+  'auto' applies it where it was measured safe: one process, one CPU device, no towers split
+  over devices (parallel.model=1). Elsewhere it multiplied memory (8 simulated devices ran out
+  of memory) or XLA rejected it (parallel.model=2). True/False force it.
+  """
+  value = str(setting).strip().lower()
+  if value in ("true", "1", "yes"):
+    return True, "set by cpu_eigen_convolutions"
+  if value in ("false", "0", "no"):
+    return False, "off by cpu_eigen_convolutions"
+  if value != "auto":
+    raise ValueError(f"cpu_eigen_convolutions={setting!r} is not one of 'auto', True, False.")
+  devices = simulated_device_count(environ)
+  if model_parallel > 1 or num_processes > 1 or devices > 1:
+    return False, (f"auto: not applied with {devices} devices, {num_processes} processes, "
+                   f"parallel.model={model_parallel} (measured safe on one device only)")
+  return True, "auto: one process, one CPU device"
+
+
+def configure(enabled: bool = True, eigen_convolutions=False, *, model_parallel: int = 1,
+              num_processes: int = 1, environ=os.environ) -> list[str]:
   """Apply the settings when the backend will be the CPU and they are enabled (not opted out).
-  Returns one line per setting applied, or one line saying why none was."""
+
+  eigen_convolutions: 'auto' | True | False (see eigen_convolutions_wanted); model_parallel
+  and num_processes: the run's `parallel.model` and process count. Returns one line per
+  setting applied (or skipped with its reason), or one line saying why none was.
+  """
   if not enabled or environ.get(OPT_OUT_ENV, "1").lower() in ("0", "false", "no"):
     return []
   if not will_use_cpu_backend(environ):
@@ -132,6 +168,11 @@ def configure(enabled: bool = True, eigen_convolutions: bool = False,
   applied = []
   if keep_freed_memory():
     applied.append("glibc keeps freed memory (no per-step page faults)")
-  if eigen_convolutions and not backends_started():  # XLA reads its flags at backend start
-    applied += [f"XLA_FLAGS += {flag}" for flag in add_xla_cpu_flags(environ)]
+  wanted, why = eigen_convolutions_wanted(eigen_convolutions, model_parallel=model_parallel,
+                                          num_processes=num_processes, environ=environ)
+  if wanted and not backends_started():  # XLA reads its flags at backend start
+    added = add_xla_cpu_flags(environ)
+    applied += [f"XLA_FLAGS += {flag} ({why})" for flag in added]
+  elif not wanted and str(eigen_convolutions).lower() == "auto":
+    applied.append(f"convolutions on XLA's default library ({why})")
   return applied
