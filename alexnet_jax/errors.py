@@ -22,3 +22,7 @@ class UsageError(UserError):
 
 class MissingFileError(UserError, FileNotFoundError):
   """A file or directory the user named (data_dir, workdir, checkpoint) does not exist."""
+
+
+class CheckpointWriteError(UserError):
+  """A checkpoint could not be written (disk full, read-only, quota, permissions)."""

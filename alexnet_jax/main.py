@@ -12,6 +12,7 @@ its traceback.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -20,7 +21,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax.errors import UsageError, UserError
+from alexnet_jax.errors import CheckpointWriteError, UsageError, UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py); fields overridable as --config.field=value.",
@@ -139,6 +140,12 @@ def main(argv):
     if _TRACEBACK.value:
       traceback.print_exc()
     print(f"error: {e}", file=sys.stderr, flush=True)
+    if isinstance(e, CheckpointWriteError):
+      # Orbax's writer threads are left mid-failure; letting the interpreter tear them down
+      # aborted the process ('terminate called ...') after this message. Leave at once: the
+      # message is out, the last complete checkpoint is on disk, Grain workers follow us.
+      sys.stdout.flush()
+      os._exit(1)
     return 2 if isinstance(e, UsageError) else 1
   except KeyboardInterrupt:
     print("error: interrupted (second Ctrl-C); the last checkpoint written is kept.",

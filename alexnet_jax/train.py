@@ -24,9 +24,10 @@ import numpy as np
 from absl import logging
 
 from alexnet_jax import checkpoint as ckpt_lib, evaluate, hooks, sharding, state as state_lib
-from alexnet_jax.errors import UserError
+from alexnet_jax.errors import CheckpointWriteError, UserError
 from alexnet_jax.experiment import Experiment
 from alexnet_jax.metrics_writer import MetricWriter
+from alexnet_jax.runtime import logs
 from alexnet_jax.transfer import finetune
 
 LOCK_FILE = ".alexnet_jax.lock"
@@ -42,10 +43,6 @@ class TrainResult:
   final_step: int
   interrupted_by: int | None
   eval_metrics: dict[str, float] | None
-
-
-class CheckpointWriteError(UserError):
-  """A checkpoint could not be written (disk full, read-only, permissions)."""
 
 
 def _prepare_workdir(workdir: pathlib.Path) -> None:
@@ -128,17 +125,13 @@ def _checkpoint_megabytes(exp: Experiment) -> float:
   return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in leaves) / 2**20
 
 
-# What a failed write says once it comes back through Orbax/TensorStore (often a ValueError
-# carrying the OS error): these are the disk's fault, not the program's.
-_STORAGE_ERROR = re.compile(r"os_error_code|No space left|Read-only file system|File too large|"
-                            r"Permission denied|Disk quota|Input/output error")
 
 
 def _storage_error_text(e: BaseException) -> str | None:
   """The OS's words for a failed write, or None when `e` is not a storage error."""
   if isinstance(e, OSError):
     return e.strerror or str(e)
-  match = _STORAGE_ERROR.search(str(e))
+  match = logs.STORAGE_ERROR.search(str(e))
   if not match:
     return None
   os_error = re.search(r"Failed to write[^\]\n]*?: ([^\[\n]+)", str(e))
@@ -150,7 +143,8 @@ def _storage_failure(exp: Experiment, checkpointer, step: int | None, last_saved
   reason = _storage_error_text(e)
   if reason is None:
     return None
-  what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+  # Saves are asynchronous: the failure may be an earlier step's, found by this save.
+  what = f"a checkpoint (found at the save of step {step})" if step is not None else "a checkpoint"
   del last_saved  # a save is asynchronous: what is complete on disk is the truth
   try:
     checkpointer.reload()

@@ -103,7 +103,7 @@ def test_missing_fashion_mnist_names_the_file(tmp_path):
     load_split(tmp_path, "train")
 
 
-def test_each_bad_record_counts_once_when_its_substitute_is_bad_too(caplog):
+def test_each_bad_record_counts_once_when_its_substitute_is_bad_too():
   bad = {3, 4, 5, 11}  # 3's substitutes 4 and 5 are bad as well
 
   def fails(record, rng):
@@ -111,11 +111,34 @@ def test_each_bad_record_counts_once_when_its_substitute_is_bad_too(caplog):
       raise pipeline.SkippableRecordError(f"record {record} is corrupt")
     return noisy(record, rng)
 
-  with caplog.at_level("WARNING"):
-    batches = _take(pipeline.train_dataset(Numbers(16), fails, seed=0, global_batch_size=8), 2)
+  batches = _take(pipeline.train_dataset(Numbers(16), fails, seed=0, global_batch_size=8), 2)
   assert sum(int(b["skipped"]) for b in batches) == len(bad)  # one epoch: each bad file once
-  warnings = [r.getMessage() for r in caplog.records if "unreadable record" in r.getMessage()]
-  assert len(warnings) == len(bad)
+  # The notes logged when a batch is used: one per bad file, naming it.
+  notes = [note for b in batches for note in b["skipped_notes"]]
+  assert sorted(int(note.split(":")[0]) for note in notes) == sorted(bad)
+
+
+def test_batches_loaded_ahead_log_nothing_until_used(caplog):
+  import jax
+
+  from alexnet_jax import sharding
+  from alexnet_jax.data import device
+
+  def fails(record, rng):
+    if record in (3, 12):
+      raise pipeline.SkippableRecordError(f"record {record} is corrupt")
+    return {"image": np.full((2,), record, np.uint8), "label": np.int32(record)}
+
+  dataset = pipeline.train_dataset(Numbers(16), fails, seed=0, global_batch_size=4)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  with caplog.at_level("WARNING"):
+    batches = device.DeviceBatches(dataset, mesh, batch_size=4, num_workers=0,
+                                   host_prefetch=2, device_prefetch=2)
+    used = [np.asarray(next(batches)["label"]) for _ in range(4)]  # one epoch, more loaded
+    batches.close()
+  logged = [r.getMessage() for r in caplog.records if "unreadable record" in r.getMessage()]
+  assert batches.skipped == 2 and len(logged) == 2  # each bad file once, only when used
+  assert 3 not in np.concatenate(used) and 12 not in np.concatenate(used)
 
 
 def test_eval_padding_reuses_a_loaded_example_and_never_reads_again():

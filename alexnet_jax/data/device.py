@@ -22,9 +22,7 @@ import numpy as np
 from grain import experimental as grain_experimental
 
 from alexnet_jax import sharding
-
-SKIPPED_KEY = "skipped"
-
+from alexnet_jax.data import pipeline
 
 # How often a Grain worker checks that the trainer that started it is still alive (seconds).
 PARENT_POLL_S = 1.0
@@ -51,10 +49,11 @@ class _ToDevice:
   def __init__(self, mesh):
     self.mesh = mesh
 
-  def __call__(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, Any], int]:
+  def __call__(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, Any], list[str]]:
     batch = dict(batch)
-    skipped = int(batch.pop(SKIPPED_KEY, 0))
-    return sharding.to_global_batch(batch, self.mesh), skipped
+    batch.pop(pipeline.SKIPPED_KEY, None)
+    notes = list(batch.pop(pipeline.SKIPPED_NOTES_KEY, []))
+    return sharding.to_global_batch(batch, self.mesh), notes
 
 
 class DeviceBatches(Iterator[dict[str, Any]]):
@@ -88,8 +87,9 @@ class DeviceBatches(Iterator[dict[str, Any]]):
     return self._length
 
   def __next__(self) -> dict[str, Any]:
-    batch, skipped = next(self._iterator)
-    self.skipped += skipped
+    batch, notes = next(self._iterator)
+    pipeline.log_skipped(notes)  # logged when used, so batches loaded ahead log nothing
+    self.skipped += len(notes)
     self.batches += 1
     return batch
 

@@ -59,6 +59,12 @@ def _stack(examples: Sequence[Example]) -> Example:
   return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
 
 
+def _with_skips(batch: Example, notes: list[str]) -> Example:
+  batch[SKIPPED_KEY] = np.asarray(len(notes), np.int32)
+  batch[SKIPPED_NOTES_KEY] = np.asarray(notes, dtype=object)
+  return batch
+
+
 @functools.lru_cache(maxsize=2)  # this epoch and the next: a batch may straddle the two
 def epoch_permutation(seed: int, num_examples: int, epoch: int) -> np.ndarray:
   """The order of the split in `epoch`: a permutation of 0..num_examples-1 (int64), a
@@ -84,37 +90,49 @@ class _LoadTrainRows:
 
   def __call__(self, batch_index: int) -> Example:
     n = len(self.source)
-    examples = []
-    skipped = 0
+    examples, notes = [], []
     for row in range(self.global_batch_size)[self.rows]:
       epoch, offset = divmod(batch_index * self.global_batch_size + row, n)
       index = int(epoch_permutation(self.seed, n, epoch)[offset])
       # One generator per (seed, batch, row): independent of workers and process count.
       rng = np.random.default_rng([self.seed, batch_index, row])
-      example, bad = _load_with_skips(self.source, self.transform, index, rng)
-      skipped += bad
+      example, note = _load_with_skips(self.source, self.transform, index, rng)
+      if note is not None:
+        notes.append(note)
       examples.append(example)
-    batch = _stack(examples)
-    batch["skipped"] = np.asarray(skipped, np.int32)
-    return batch
+    return _with_skips(_stack(examples), notes)
+
+
+# Batch keys the loaders add besides the examples: how many of its records were unreadable
+# (int32) and why (object array of strings, one per unreadable record). Consumers pop them.
+SKIPPED_KEY, SKIPPED_NOTES_KEY = "skipped", "skipped_notes"
+
+
+def log_skipped(notes) -> None:
+  """Logs the unreadable records of a batch when it is consumed (not when decoded: batches
+  loaded ahead and never used would otherwise log files they never counted)."""
+  for note in notes:
+    logging.warning("skipping unreadable record %s", note)
 
 
 def _load_with_skips(source, transform, index, rng, max_tries: int = 100):
-  """(transform(source[index]), 1 if record `index` was unreadable else 0).
+  """(transform(source[index]), note) where note is None, or says why record `index` was
+  unreadable.
 
   An unreadable record is replaced by the next readable one. Only the record's own failure
-  is counted and logged: a substitute that is also unreadable is passed over silently here,
-  because it is counted and logged when the stream reaches its own index. So every bad file
+  is counted and noted: a substitute that is also unreadable is passed over silently here,
+  because it is counted and noted when the stream reaches its own index. So every bad file
   counts once per read of its index, whatever its neighbours are.
   """
   n = len(source)
+  note = None
   for attempt in range(max_tries):
     i = (index + attempt) % n
     try:
-      return transform(source[i], rng), int(attempt > 0)
+      return transform(source[i], rng), note
     except SkippableRecordError as e:
       if attempt == 0:
-        logging.warning("skipping unreadable record %s: %s", i, e)
+        note = f"{i}: {e}"
   raise RuntimeError(
       f"{max_tries} consecutive records from index {index} could not be read; "
       "the dataset looks corrupt.")
@@ -130,8 +148,7 @@ class _LoadEvalRows:
 
   def __call__(self, batch_index: int) -> Example:
     n = len(self.source)
-    examples, mask = [], []
-    skipped = 0
+    examples, mask, notes = [], [], []
     rng = np.random.default_rng(0)  # eval transforms are deterministic; the rng is unused.
     for row in range(self.global_batch_size)[self.rows]:
       position = batch_index * self.global_batch_size + row
@@ -141,15 +158,15 @@ class _LoadEvalRows:
         examples.append(examples[-1])
         mask.append(False)
         continue
-      example, bad = _load_with_skips(self.source, self.transform, position % n, rng)
+      example, note = _load_with_skips(self.source, self.transform, position % n, rng)
       real = position < n
-      skipped += bad if real else 0
+      if note is not None and real:
+        notes.append(note)
       examples.append(example)
-      mask.append(real and not bad)
+      mask.append(real and note is None)
     batch = _stack(examples)
     batch["mask"] = np.asarray(mask, np.bool_)
-    batch["skipped"] = np.asarray(skipped, np.int32)
-    return batch
+    return _with_skips(batch, notes)
 
 
 def train_dataset(source: RandomAccessSource, transform: Transform, *, seed: int,

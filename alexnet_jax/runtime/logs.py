@@ -4,6 +4,8 @@ compilation at INFO through absl; their warnings and errors still matter."""
 from __future__ import annotations
 
 import logging as std_logging
+import re
+import sys
 
 from absl import logging as absl_logging
 
@@ -11,12 +13,40 @@ from absl import logging as absl_logging
 NOISY_PATHS = ("/orbax/", "/grain/", "/jax/_src/")
 
 
+# A failed write (full disk, read-only, quota) as Orbax's background threads report it: the
+# trainer stops with one sentence that says the same (train.CheckpointWriteError), so these
+# tracebacks would only bury it.
+STORAGE_ERROR = re.compile(r"os_error_code|No space left|Read-only file system|File too large|"
+                           r"Permission denied|Disk quota|Input/output error")
+
+
+def _is_storage_error(record: std_logging.LogRecord) -> bool:
+  text = record.getMessage()
+  if record.exc_info and record.exc_info[1] is not None:
+    text += str(record.exc_info[1])
+  return bool(STORAGE_ERROR.search(text)) or "Failed to run" in text and "/orbax/" in (
+      record.pathname or "")
+
+
 class _DropLibraryInfo(std_logging.Filter):
-  """Passes WARNING and above, and every record from outside NOISY_PATHS."""
+  """Passes WARNING and above, and every record from outside NOISY_PATHS; drops the library
+  records of a failed checkpoint write (reported once, by the trainer)."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     noisy = any(part in record.pathname for part in NOISY_PATHS)
+    if noisy and record.levelno >= std_logging.ERROR and _is_storage_error(record):
+      return False
     return record.levelno >= std_logging.WARNING or not noisy
+
+
+def _drop_closed_loop_callbacks(unraisable) -> None:
+  """sys.unraisablehook: TensorStore's callbacks into an event loop that Orbax already closed
+  (after a failed save) raise 'Event loop is closed' dozens of times; everything else goes to
+  Python's default hook."""
+  value = unraisable.exc_value
+  if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
 
 
 _FILTER = _DropLibraryInfo()
@@ -29,6 +59,7 @@ def quiet_library_logs() -> None:
   their own Python loggers, and on the root logger's handlers; this project's own INFO lines
   are kept. Calling it again changes nothing.
   """
+  sys.unraisablehook = _drop_closed_loop_callbacks
   handlers = [absl_logging.get_absl_handler(), *std_logging.getLogger().handlers]
   for handler in handlers:
     if _FILTER not in handler.filters:
