@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from alexnet_jax.runtime import cpu_runtime
-from helpers import REPO, device_env, run_main
+from helpers import REPO, SMALL, device_env, run_main
 
 ON_GLIBC = cpu_runtime.on_glibc()
 
@@ -141,20 +141,18 @@ def test_the_convolution_flag_only_where_measured_safe(monkeypatch):
 
 
 def test_main_applies_the_settings_before_jax_starts(tmp_path):
-  result = run_main("synthetic.py", tmp_path / "run", "--config.num_train_steps=1",
-                    "--config.eval_at_end=false", "--config.data.num_train_examples=32")
+  result = run_main("synthetic.py", tmp_path / "run", *SMALL, "--config.num_train_steps=1",
+                    "--config.eval_at_end=false")
   if ON_GLIBC:
     assert "CPU runtime: glibc keeps freed memory" in result.stderr
   if (cpu_runtime._jaxlib_version() in cpu_runtime.TUNED_JAXLIB_VERSIONS
       and platform.machine() in cpu_runtime.TUNED_MACHINES):  # one device: 'auto' applies it
     assert "CPU runtime: XLA_FLAGS += --xla_cpu_experimental_ynn_fusion_type" in result.stderr
-  eight = run_main("synthetic.py", tmp_path / "eight", "--config.num_train_steps=1",
-                   "--config.eval_at_end=false", "--config.data.num_train_examples=32",
-                   "--config.batch_size=8", devices=8)
+  eight = run_main("synthetic.py", tmp_path / "eight", *SMALL, "--config.num_train_steps=1",
+                   "--config.eval_at_end=false", devices=8)
   assert "XLA_FLAGS +=" not in eight.stderr
   assert "convolutions on XLA's default library (auto: not applied with 8 devices" in eight.stderr
 
-  off = run_main("synthetic.py", tmp_path / "off", "--config.num_train_steps=1",
-                 "--config.eval_at_end=false", "--config.data.num_train_examples=32",
-                 "--config.cpu_runtime_tuning=false")
+  off = run_main("synthetic.py", tmp_path / "off", *SMALL, "--config.num_train_steps=1",
+                 "--config.eval_at_end=false", "--config.cpu_runtime_tuning=false")
   assert "CPU runtime" not in off.stderr
