@@ -26,3 +26,12 @@ class MissingFileError(UserError, FileNotFoundError):
 
 class CheckpointWriteError(UserError):
   """A checkpoint could not be written (disk full, read-only, quota, permissions)."""
+
+
+# absl's --help flag prints the usage and exits with status 1; asking for help is no failure.
+HELP_ARGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def help_asked(argv) -> bool:
+  """Whether the command line asks for the usage text."""
+  return any(arg in HELP_ARGS for arg in argv[1:])

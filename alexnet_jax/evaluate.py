@@ -126,6 +126,6 @@ def evaluate_checkpoint(exp: Experiment, workdir: str | pathlib.Path) -> dict[st
       counted[other] = report.ViewCounts.zeros(exp.config.model.num_classes)
       run_eval(exp, params, batch_stats, ten_crop=other, view_counts=counted[other])
     path = report.write_report(exp.config, exp.info, workdir, step, counted)
-    logging.info("Wrote %s.", path)
+    logging.info("Wrote %s (and eval_report.json when it is the newest step).", path)
     result["eval_report"] = str(path)
   return result

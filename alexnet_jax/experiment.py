@@ -155,7 +155,7 @@ def build(config: Any, mode: str = "train") -> Experiment:
   _check_config(config, info, mesh)
   kernels = models.resolve_kernels(config.model.kernels, config.model.group_impl,
                                    jax.default_backend())
-  logging.info("Layer forms on %s: %s", jax.default_backend(), kernels.describe())
+  logging.info("Layer forms: %s", kernels.describe())
   model_config = dict(config.model.to_dict(), kernels=kernels.kernels,
                       group_impl=kernels.group_impl)
   model = models.create_model(**model_config, **sharding.model_axes(mesh, config))

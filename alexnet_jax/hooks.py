@@ -106,8 +106,8 @@ class TrainMeter:
         raise TrainingDiverged(
             f"The training {what} became {float(loss if what == 'loss' else grad_norm)} at "
             f"step {step}: the run diverged. Lower --config.optimizer.learning_rate, add "
-            "warm-up (--config.schedule.warmup_epochs), or check the input normalization; "
-            "checkpoints before this step are kept and no later one was written.")
+            "warm-up (--config.schedule.warmup_epochs), or check the input normalization. "
+            "No checkpoint of this or a later step was written; any earlier ones are kept.")
 
   def summary(self, batch_size: int) -> dict[str, float]:
     """Averages since the last summary: train/loss, top1, top5, grad_norm; last lr;

@@ -21,7 +21,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax.errors import CheckpointWriteError, UsageError, UserError
+from alexnet_jax.errors import CheckpointWriteError, UsageError, UserError, help_asked
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py); fields overridable as --config.field=value.",
@@ -71,6 +71,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (flags.Error, AttributeError, KeyError, OSError, TypeError, ValueError) as e:
     print(f"error: {_usage_sentence(e)}\nPass --help for the flags.", file=sys.stderr)
     sys.exit(2)
+  except SystemExit:
+    if help_asked(argv):
+      sys.exit(0)
+    raise
 
 
 class _StoppedEarly(Exception):
@@ -105,8 +109,6 @@ def run(config, workdir: str, mode: str) -> int:
   result = train.train_and_evaluate(exp, workdir)
   if result.interrupted_by is not None:
     return 128 + result.interrupted_by  # the shell's convention for "ended by a signal"
-  if result.eval_metrics and jax.process_index() == 0:
-    logging.info("Final eval: %s", json.dumps(result.eval_metrics))
   return 0
 
 

@@ -266,7 +266,7 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
       if timing_start is None:
         log(f"First step done in {time.time() - compile_start:.1f} s (compilation included).")
         timing_start, timing_from = time.time(), step
-        if config.eval_every_steps != 0 or config.eval_at_end:
+        if config.eval_at_end or exp.eval_every_steps <= exp.total_steps:
           exp.precompile_eval()  # while the next steps run
       is_last = step == exp.total_steps
 

@@ -313,6 +313,8 @@ def main(argv):
     raise app.UsageError(f"--sections: unknown {unknown}; choose from {SECTIONS}")
   if _SMOKE.value:
     flags.FLAGS.steps, flags.FLAGS.repeats = 2, 1
+  from alexnet_jax.runtime import logs
+  logs.quiet_library_logs()  # JAX's backend probing and Orbax's chatter stay out
   _emit({"section": "environment", **_environment()})
   scratch = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix="gpu_suite_"))
   started = time.time()

@@ -55,6 +55,10 @@ def _parse(argv: list[str]) -> list[str]:
   except flags.Error as e:
     print(f"error: {e}. Pass --help for usage.", file=sys.stderr, flush=True)
     sys.exit(USAGE_STATUS)
+  except SystemExit as e:
+    if errors.help_asked(argv):
+      sys.exit(0)
+    raise
 
 
 def run(define_flags: Callable[[], None], main: Callable[[Sequence[str]], int]) -> None:
