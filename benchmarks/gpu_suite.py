@@ -114,36 +114,16 @@ def _synthetic_config(variant: str, batch: int, dtype: str, kernels: str = "auto
 
 def time_step(config) -> dict:
   """images/s of the trainer's own train step on one batch kept on the device."""
-  import jax
-  import numpy as np
+  import step_timing
 
-  from alexnet_jax import experiment, sharding, state as state_lib
-
-  exp = experiment.build(config)
-  state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.mesh, 0)
-  size, channels = config.model.image_size, config.model.in_channels
-  rng = np.random.default_rng(0)
-  batch = sharding.to_global_batch({
-      "image": rng.integers(0, 256, (config.batch_size, size, size, channels), dtype=np.uint8),
-      "label": rng.integers(0, config.model.num_classes, config.batch_size, dtype=np.int32),
-  }, exp.mesh)
-  compile_start = time.perf_counter()
-  state, metrics = exp.train_step(state, batch)
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - compile_start
-  best = float("inf")
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
-    for _ in range(_STEPS.value):
-      state, metrics = exp.train_step(state, batch)
-    jax.block_until_ready((state, metrics))
-    best = min(best, (time.perf_counter() - start) / _STEPS.value)
+  timed = step_timing.time_train_step(config, steps=_STEPS.value, repeats=_REPEATS.value)
+  exp, best = timed["exp"], timed["seconds_per_step"]
   return {"variant": config.model.variant, "batch": config.batch_size,
-          "dtype": config.model.dtype, "image_size": size, "kernels": exp.kernels.kernels,
-          "group_impl": exp.kernels.group_impl,
+          "dtype": config.model.dtype, "image_size": config.model.image_size,
+          "kernels": exp.kernels.kernels, "group_impl": exp.kernels.group_impl,
           "chosen_by_auto": config.model.kernels == "auto" and config.model.group_impl == "auto",
           "images_per_sec": round(config.batch_size / best, 1),
-          "step_ms": round(best * 1e3, 3), "first_step_s": round(compile_s, 2)}
+          "step_ms": round(best * 1e3, 3), "first_step_s": round(timed["first_step_s"], 2)}
 
 
 def section_step() -> list[dict]:

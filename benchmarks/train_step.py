@@ -50,26 +50,11 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 def measure_jax(config) -> dict:
   import jax
-  import numpy as np
 
-  from alexnet_jax import experiment, sharding, state as state_lib
+  import step_timing
 
-  exp = experiment.build(config)
-  state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.mesh, config.seed)
-  size, channels = config.model.image_size, config.model.in_channels
-  rng = np.random.default_rng(0)
-  batch = sharding.to_global_batch({
-      "image": rng.integers(0, 256, (config.batch_size, size, size, channels), dtype=np.uint8),
-      "label": rng.integers(0, config.model.num_classes, config.batch_size, dtype=np.int32),
-  }, exp.mesh)
-  for _ in range(2):
-    state, metrics = exp.train_step(state, batch)
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(_STEPS.value):
-    state, metrics = exp.train_step(state, batch)
-  jax.block_until_ready((state, metrics))
-  seconds = (time.perf_counter() - start) / _STEPS.value
+  timed = step_timing.time_train_step(config, steps=_STEPS.value, warmup=2)
+  seconds, exp = timed["seconds_per_step"], timed["exp"]
   return {
       "framework": "jax", "images_per_sec": config.batch_size / seconds,
       "step_time_ms": seconds * 1e3, "device": jax.devices()[0].device_kind,
