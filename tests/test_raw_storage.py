@@ -144,7 +144,9 @@ def test_a_raw_record_of_the_wrong_size_is_an_error_naming_the_shard(tmp_path):
         record["image"] = record["image"][:1000]
       return record
 
-  damaged = raw.RawSource(Short(), source.shard_files, source.shard_lengths)
+    locate = source.inner.locate
+
+  damaged = raw.RawSource(Short())
   damaged[6]
   with pytest.raises(raw.RawRecordError,
                      match=r"record 7 .*record 2 of shard imagenet2012-train\.array_record-"

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax.data import IMAGENET_SOURCES, DataInfo, Split, pipeline, raw, transforms
+from alexnet_jax.data import IMAGENET_SOURCES, DataInfo, Split, pipeline, raw, records, transforms
 from alexnet_jax.errors import UserError, MissingFileError
 
 # The `data.source` values that read ImageNet (this module); the one list of them.
@@ -176,12 +176,9 @@ def _check_array_record(version_dir: pathlib.Path) -> dict[str, Any]:
   return info
 
 
-def open_tfds_split(data_dir: str, version: str, split: str):
-  """The tfds random-access data source of one split; records hold the undecoded JPEG."""
-  import tensorflow_datasets as tfds
-  return tfds.data_source(
-      f"{TFDS_NAME}:{version}", split=split, data_dir=data_dir, download=False,
-      decoders={"image": tfds.decode.SkipDecoding()})
+def open_tfds_split(data_dir: str, version: str, split: str) -> records.ExampleRecords:
+  """The records of one split ({'image': undecoded bytes, 'label', 'file_name'})."""
+  return records.open_split(os.path.join(data_dir, TFDS_NAME, version), split)
 
 
 def tfds_split(data_dir: str, split: str):
@@ -224,9 +221,7 @@ def tfds_split_and_storage(data_dir: str, split: str) -> tuple[Any, dict[str, An
   storage = {"format": written.get("format", "jpeg"), "version_dir": str(version_dir)}
   if storage["format"] == raw.FORMAT:
     storage["side"] = int(written.get("side", raw.SIDE))
-    split_info = next(s for s in info["splits"] if s["name"] == TFDS_SPLITS[split])
-    files, lengths = raw.shard_names(split_info)
-    source = raw.RawSource(source, files, lengths, storage["side"])
+    source = raw.RawSource(source, storage["side"])
   elif storage["format"] != "jpeg":
     raise UserError(f"{version_dir / PREPARE_INFO_FILE} says format={storage['format']!r}, "
                     "which this version of alexnet_jax cannot read (jpeg or raw).")

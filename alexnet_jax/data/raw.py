@@ -16,6 +16,7 @@ storages give the same augmentation for the same seed.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -39,15 +40,9 @@ class RawRecordError(UserError):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RawSource:
-  """Wraps the tfds data source of a raw build and checks every record's size.
-
-  inner: the random-access source (records with `image` bytes, `label`, `file_name`).
-  shard_files / shard_lengths: the split's ArrayRecord shard names and example counts, in
-  order, only to name the shard in an error. side: stored side in pixels.
-  """
+  """Wraps the records of a raw build (`records.ExampleRecords`) and checks every record's
+  size. side: stored side in pixels."""
   inner: Any
-  shard_files: tuple[str, ...]
-  shard_lengths: tuple[int, ...]
   side: int = SIDE
 
   def __len__(self) -> int:
@@ -57,22 +52,13 @@ class RawSource:
     record = self.inner[index]
     size = len(record["image"])
     if size != record_bytes(self.side):
-      shard, position = self.locate(index)
+      shard, position = self.inner.locate(index)
       raise RawRecordError(
           f"record {index} ({transforms.record_key(record)}, record {position} of shard "
-          f"{shard}) holds {size} bytes, not {record_bytes(self.side)} (a {self.side}x"
-          f"{self.side}x3 uint8 image): the raw build is damaged; prepare it again with "
-          "--format=raw --overwrite.")
+          f"{os.path.basename(shard)}) holds {size} bytes, not {record_bytes(self.side)} (a "
+          f"{self.side}x{self.side}x3 uint8 image): the raw build is damaged; prepare it "
+          "again with --format=raw --overwrite.")
     return record
-
-  def locate(self, index: int) -> tuple[str, int]:
-    """(shard file name, position in it) of global record `index`."""
-    start = 0
-    for name, length in zip(self.shard_files, self.shard_lengths):
-      if index < start + length:
-        return name, index - start
-      start += length
-    return "?", index
 
 
 def pixels(record: Mapping[str, Any], side: int = SIDE) -> np.ndarray:
@@ -175,11 +161,3 @@ def make_transform(config: Any, split: str, *, ten_crop: bool, side: int):
     return RawTenCropTransform(size, side)
   return RawCentreCropTransform(size, side)
 
-
-def shard_names(split_info: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[int, ...]]:
-  """(shard file names, example counts) of one split, from its dataset_info.json entry."""
-  lengths = tuple(int(n) for n in split_info.get("shardLengths", []))
-  name = split_info["name"]
-  files = tuple(f"imagenet2012-{name}.array_record-{i:05d}-of-{len(lengths):05d}"
-                for i in range(len(lengths)))
-  return files, lengths
