@@ -81,7 +81,7 @@ class Experiment:
     then compiles as usual)."""
     def compile_eval():
       try:
-        example = self.eval_split.transform(self.eval_split.source[0], np.random.default_rng(0))
+        example = self.eval_split.transform(self.eval_split.source[0], None)
         batch_size = data_lib.effective_eval_batch_size(
             self.config.eval_batch_size, self.eval_split.num_examples, self.mesh.devices.size)
         batch_sharding = sharding.batch_sharding(self.mesh)
@@ -186,7 +186,8 @@ def build(config: Any, mode: str = "train") -> Experiment:
   if lr_schedule is not None:
     # Traced under the mesh, so the model can place its towers on the 'model' axis.
     train_step = jax.jit(
-        sharding.with_mesh(steps.make_train_step(model, tx, lr_schedule, mean, std, size), mesh),
+        sharding.with_mesh(steps.make_train_step(model, tx, lr_schedule, mean, std, size,
+                                                 train_split.info.train_augment), mesh),
         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
         donate_argnums=(0,))
   eval_step = jax.jit(

@@ -2,7 +2,8 @@
 
 Both are pure functions of their inputs. Images arrive as uint8 and are turned into model
 inputs here, on the device: cast, resize to `model.image_size` when the host images have
-another size (Fashion-MNIST's 28x28), then `(x - mean) / std`.
+another size (Fashion-MNIST's 28x28), in training the per-image mirror and PCA colour noise
+(data/augment.py), then `(x - mean) / std`.
 
 Batch statistics (alexnet_bn): the train step normalizes with the statistics of its batch and
 returns the updated running averages in `state['batch_stats']`; the eval step normalizes with
@@ -21,19 +22,26 @@ import jax.numpy as jnp
 import optax
 
 from alexnet_jax import models
+from alexnet_jax.data import augment
+
+# Folded into the step's dropout key to give the augmentation its own stream of randomness.
+_AUGMENT_STREAM = 0x61756720
 
 
 def device_preprocess(images: jax.Array, mean: jax.Array, std: jax.Array,
-                      image_size: int) -> jax.Array:
+                      image_size: int, augment_fn: Callable | None = None) -> jax.Array:
   """uint8 images (..., H, W, C) -> float32 (..., image_size, image_size, C) model inputs.
 
   mean, std: float32 (C,) or (1,), in 0-255 units. Resizes bilinearly (as torchvision's
   Resize) only when H, W differ from image_size (Fashion-MNIST's 28x28 for d2l's 224).
+  augment_fn: float32 images in 0-255 units -> the same, applied before normalizing.
   """
   x = images.astype(jnp.float32)
   if x.shape[-3:-1] != (image_size, image_size):
     # Bilinear, as torchvision's Resize upsamples (d2l's Fashion-MNIST recipe).
     x = jax.image.resize(x, x.shape[:-3] + (image_size, image_size, x.shape[-1]), "bilinear")
+  if augment_fn is not None:
+    x = augment_fn(x)
   return (x - mean) / std
 
 
@@ -46,10 +54,13 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    lr_schedule: Callable, mean, std, image_size: int) -> Callable:
+                    lr_schedule: Callable, mean, std, image_size: int,
+                    train_augment: augment.Augment | None = None) -> Callable:
   """(state, batch) -> (state, metrics).
 
   batch: {'image': uint8 (B, H, W, C), 'label': int32 (B,)}, global, sharded over 'data'.
+  train_augment: the per-image mirror and colour noise added before normalization
+  (data/augment.py), drawn from (state['rng'], step, row); None: none.
   metrics: float32 scalars 'loss' (mean cross-entropy), 'grad_norm' (global L2 norm of the
   gradient), 'top1', 'top5' (batch accuracies), 'lr'. Trace it under
   `sharding.mesh_context(mesh)` (as experiment.build does) for the model-parallel layout.
@@ -60,7 +71,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     step = state["step"]
     # Dropout noise is a function of (seed, step): identical for any device count and resume.
     dropout_rng = jax.random.fold_in(state["rng"], step)
-    images = device_preprocess(batch["image"], mean, std, image_size)
+    if train_augment is None:
+      images = device_preprocess(batch["image"], mean, std, image_size)
+    else:
+      augment_rng = jax.random.fold_in(dropout_rng, _AUGMENT_STREAM)
+      images = device_preprocess(batch["image"], mean, std, image_size,
+                                 lambda x: augment.apply(x, augment_rng, train_augment))
     labels = batch["label"]
 
     def loss_fn(params):

@@ -41,6 +41,11 @@ def decode_array(data: bytes) -> np.ndarray:
   return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+def uniforms(seed: int) -> np.ndarray:
+  """A train transform's per-example uniforms, as the loader draws them (enough for any)."""
+  return np.random.default_rng(seed).random(transforms.InceptionTrainTransform.uniforms_per_example)
+
+
 def numbered_png(width: int, height: int) -> tuple[bytes, np.ndarray]:
   """A lossless image whose pixels all differ, to compare crops exactly."""
   pixels = np.arange(width * height * 3, dtype=np.int64).reshape(height, width, 3)
@@ -162,7 +167,7 @@ def test_config_must_ask_for_1000_rgb_classes(tmp_path):
 @pytest.mark.parametrize("kind", sorted(fx.GOOD_IMAGES))
 def test_every_image_kind_decodes_to_rgb(kind):
   transform = transforms.PaperTrainTransform(image_size=16, resize_size=20)
-  out = transform(record(fx.GOOD_IMAGES[kind]()), np.random.default_rng(0))
+  out = transform(record(fx.GOOD_IMAGES[kind]()), uniforms(0))
   assert out["image"].shape == (16, 16, 3) and out["image"].dtype == np.uint8
   assert out["label"] == 5 and out["label"].dtype == np.int32
 
@@ -170,7 +175,7 @@ def test_every_image_kind_decodes_to_rgb(kind):
 def test_cmyk_colours_survive():
   red = Image.new("RGB", (24, 24), (220, 30, 30))
   data = fx.encode(red.convert("CMYK"))
-  out = transforms.CentreCropTransform(16, 20)(record(data), np.random.default_rng(0))
+  out = transforms.CentreCropTransform(16, 20)(record(data), None)
   assert np.abs(out["image"].astype(int).mean(axis=(0, 1)) - (220, 30, 30)).max() < 12
 
 
@@ -180,7 +185,7 @@ def test_cmyk_colours_survive():
     transforms.CentreCropTransform(16, 20), transforms.TenCropTransform(16, 20)])
 def test_corrupt_images_are_skippable_and_named(kind, transform):
   with pytest.raises(pipeline.SkippableRecordError, match=RECORD_KEY):
-    transform(record(fx.CORRUPT_IMAGES[kind]()), np.random.default_rng(0))
+    transform(record(fx.CORRUPT_IMAGES[kind]()), uniforms(0))
 
 
 def test_jpeg_missing_only_its_end_marker_is_refused():
@@ -200,10 +205,9 @@ def test_draft_mode_decodes_large_jpegs_at_reduced_scale(monkeypatch):
     return result
 
   monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
-  rng = np.random.default_rng(0)
-  drafted = transforms.CentreCropTransform(56, 64, use_draft=True)(record(data), rng)["image"]
+  drafted = transforms.CentreCropTransform(56, 64, use_draft=True)(record(data), None)["image"]
   assert scales == [4]  # 480/4 = 120 rows still cover the 64-row scale the crop needs
-  full = transforms.CentreCropTransform(56, 64, use_draft=False)(record(data), rng)["image"]
+  full = transforms.CentreCropTransform(56, 64, use_draft=False)(record(data), None)["image"]
   assert drafted.shape == full.shape == (56, 56, 3)
   assert np.abs(drafted.astype(int) - full.astype(int)).mean() < 3
 
@@ -214,58 +218,47 @@ def test_no_draft_below_the_needed_resolution(monkeypatch):
   original_draft = JpegImagePlugin.JpegImageFile.draft
   monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
                       lambda self, *a: scales.append(1) or original_draft(self, *a))
-  transforms.PaperTrainTransform(56, 64)(record(data), np.random.default_rng(0))
+  transforms.PaperTrainTransform(56, 64)(record(data), uniforms(0))
   assert scales == []  # 90 rows < 2 x 64: a 1/2 decode would be too small
 
 
 # --------------------------------------------------------------------------------------------
-# Crops and flips
+# Crops (the mirror and the colour noise are the train step's: tests/test_augment.py)
 
 
 def test_paper_crop_equals_resize_then_centre_then_random_crop():
   image = fx.smooth_image(80, 60, seed=9)
   data = fx.encode(image, fmt="PNG")
-  transform = transforms.PaperTrainTransform(32, 40, pca_std=0.0, use_draft=False)
+  transform = transforms.PaperTrainTransform(32, 40, use_draft=False)
   for seed in range(5):
-    out = transform(record(data), np.random.default_rng(seed))["image"]
-    rng = np.random.default_rng(seed)  # replay the draws: offsets, then flip
-    dx, dy = rng.integers(0, 40 - 32 + 1, size=2)
-    flip = rng.random() < 0.5
+    u = uniforms(seed)
+    out = transform(record(data), u)["image"]
+    dx, dy = int(u[0] * 9), int(u[1] * 9)  # 40 - 32 + 1 offsets, horizontal then vertical
     resized = np.asarray(image.resize((53, 40), transforms.RESAMPLE))  # shorter side 40
     square = resized[:, 6:46]  # central 40x40 (torchvision rounding)
     expected = square[dy:dy + 32, dx:dx + 32]
-    expected = expected[:, ::-1] if flip else expected
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
 
 
 def test_pre_resized_images_are_cropped_without_resampling():
   data, pixels = numbered_png(20, 26)  # shorter side already 20
-  transform = transforms.PaperTrainTransform(16, 20, pca_std=0.0)
-  outs = {transform(record(data), np.random.default_rng(s))["image"].tobytes()
-          for s in range(40)}
+  transform = transforms.PaperTrainTransform(16, 20)
+  outs = {transform(record(data), uniforms(s))["image"].tobytes() for s in range(60)}
   square = pixels[3:23]  # central 20x20 of 26 rows
-  crops = {square[y:y + 16, x:x + 16][:, ::f].tobytes()
-           for y in range(5) for x in range(5) for f in (1, -1)}
-  assert outs <= crops and len(outs) > 10
+  crops = {square[y:y + 16, x:x + 16].tobytes() for y in range(5) for x in range(5)}
+  assert outs <= crops and len(outs) > 15
 
 
-def test_flip_happens_about_half_the_time():
-  data, pixels = numbered_png(20, 20)
-  transform = transforms.PaperTrainTransform(20, 20, pca_std=0.0)
-  flips = 0
-  for seed in range(200):
-    out = transform(record(data), np.random.default_rng(seed))["image"]
-    if np.array_equal(out, pixels[:, ::-1]):
-      flips += 1
-    else:
-      assert np.array_equal(out, pixels)
-  assert 70 < flips < 130
+def test_uniform_int_covers_every_value_and_never_the_count():
+  assert transforms.uniform_int(0.0, 33) == 0
+  assert transforms.uniform_int(np.nextafter(1.0, 0.0), 33) == 32
+  values = {transforms.uniform_int(u, 5) for u in np.random.default_rng(0).random(200)}
+  assert values == set(range(5))
 
 
 def test_inception_crop_boxes_follow_torchvision_bounds():
-  rng = np.random.default_rng(0)
-  for _ in range(500):
-    left, top, right, bottom = transforms.inception_crop_box(500, 375, rng)
+  for seed in range(500):
+    left, top, right, bottom = transforms.inception_crop_box(500, 375, uniforms(seed))
     w, h = right - left, bottom - top
     assert 0 <= left and 0 <= top and right <= 500 and bottom <= 375
     assert 0.08 * 0.95 <= w * h / (500 * 375) <= 1.0
@@ -274,22 +267,21 @@ def test_inception_crop_boxes_follow_torchvision_bounds():
 
 def test_inception_crop_falls_back_to_a_central_crop():
   # No crop of ratio 3/4..4/3 with 8% of the area fits a 1000x10 strip.
-  box = transforms.inception_crop_box(1000, 10, np.random.default_rng(0))
+  box = transforms.inception_crop_box(1000, 10, uniforms(0))
   assert box == (493, 0, 506, 10)  # width round(10 * 4/3) = 13, centred
-  out = transforms.InceptionTrainTransform(16)(record(fx.jpeg_bytes(60, 30)),
-                                               np.random.default_rng(0))
+  out = transforms.InceptionTrainTransform(16)(record(fx.jpeg_bytes(60, 30)), uniforms(0))
   assert out["image"].shape == (16, 16, 3)
 
 
 def test_centre_crop_for_evaluation():
   data, pixels = numbered_png(20, 24)
-  out = transforms.CentreCropTransform(16, 20)(record(data), np.random.default_rng(0))
+  out = transforms.CentreCropTransform(16, 20)(record(data), None)
   np.testing.assert_array_equal(out["image"], pixels[4:20, 2:18])
 
 
 def test_ten_crop_is_corners_centre_and_their_mirrors():
   data, pixels = numbered_png(20, 20)
-  out = transforms.TenCropTransform(16, 20)(record(data), np.random.default_rng(0))["image"]
+  out = transforms.TenCropTransform(16, 20)(record(data), None)["image"]
   assert out.shape == (10, 16, 16, 3) and out.dtype == np.uint8
   expected = [pixels[:16, :16], pixels[:16, 4:], pixels[4:, :16], pixels[4:, 4:],
               pixels[2:18, 2:18]]
@@ -300,50 +292,9 @@ def test_ten_crop_is_corners_centre_and_their_mirrors():
 
 def test_ten_crop_uses_the_central_square_of_non_square_images():
   data, pixels = numbered_png(30, 20)  # resized square is columns 5..25
-  out = transforms.TenCropTransform(16, 20)(record(data), np.random.default_rng(0))["image"]
+  out = transforms.TenCropTransform(16, 20)(record(data), None)["image"]
   np.testing.assert_array_equal(out[0], pixels[:16, 5:21])
   np.testing.assert_array_equal(out[3], pixels[4:, 9:25])
-
-
-# --------------------------------------------------------------------------------------------
-# PCA colour noise
-
-
-def expected_shift_covariance(std: float) -> np.ndarray:
-  scales = (std * transforms.PCA_EIGVAL * 255.0) ** 2
-  return transforms.PCA_EIGVEC @ np.diag(scales) @ transforms.PCA_EIGVEC.T
-
-
-def test_pca_shift_has_zero_mean_and_the_eigen_covariance():
-  rng = np.random.default_rng(0)
-  shifts = np.stack([transforms.pca_color_shift(rng, 0.1) for _ in range(20000)])
-  expected = expected_shift_covariance(0.1)
-  assert np.all(np.abs(shifts.mean(0)) < 4 * np.sqrt(np.diag(expected) / 20000))
-  np.testing.assert_allclose(np.cov(shifts.T), expected, atol=0.03 * expected.max())
-  # Along each eigenvector the std is std * eigenvalue * 255.
-  projected = shifts @ transforms.PCA_EIGVEC
-  np.testing.assert_allclose(projected.std(0), 0.1 * transforms.PCA_EIGVAL * 255, rtol=0.03)
-
-
-def test_pca_noise_through_the_transform_shifts_whole_images():
-  grey = fx.encode(Image.new("RGB", (20, 20), (128, 128, 128)), fmt="PNG")
-  transform = transforms.PaperTrainTransform(16, 20, pca_std=0.1)
-  shifts = []
-  for seed in range(2000):
-    image = transform(record(grey), np.random.default_rng(seed))["image"].astype(float)
-    assert np.all(image == image[0, 0])  # one shift for every pixel
-    shifts.append(image[0, 0] - 128)
-  shifts = np.array(shifts)
-  along_first = shifts @ transforms.PCA_EIGVEC[:, 0]
-  assert abs(along_first.mean()) < 0.5
-  assert abs(along_first.std() - 0.1 * 0.2175 * 255) < 0.6  # ~5.5, plus rounding
-
-
-def test_colour_shift_rounds_and_clips_to_uint8():
-  image = np.array([[[0, 128, 255], [10, 20, 250]]], np.uint8)
-  out = transforms.add_color_shift(image, np.array([-10.0, 0.6, 10.0]))
-  np.testing.assert_array_equal(out, [[[0, 129, 255], [0, 21, 255]]])
-  assert out.dtype == np.uint8
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,7 +405,7 @@ def test_packed_folder_reads_back_through_tfds(tmp_path):
     assert packed["image"] == original["image"]
     assert int(packed["label"]) == int(original["label"])
   assert [int(spec.eval_source[i]["label"]) for i in range(3)] == [65, 970, 230]
-  out_example = spec.train_transform(spec.train_source[0], np.random.default_rng(0))
+  out_example = spec.train_transform(spec.train_source[0], uniforms(0))
   assert out_example["image"].shape == (16, 16, 3)
   assert imagenet.resolve_source("auto", str(out)) == ("tfds", str(out))
   source = pickle.loads(pickle.dumps(spec.train_source))

@@ -8,7 +8,7 @@ from alexnet_jax.data.fashion_mnist import REPO_COPY, load_split
 
 
 class Numbers:
-  """Record i is the number i; its 'image' is i plus noise drawn from the rng."""
+  """Record i is the number i."""
 
   def __init__(self, n):
     self.n = n
@@ -22,8 +22,16 @@ class Numbers:
     return i
 
 
-def noisy(record, rng):
-  return {"image": np.array([record, rng.integers(1000)], np.int64), "label": np.int32(record)}
+class Noisy:
+  """'image' is (the record, noise from the example's one uniform; -1 when given none)."""
+  uniforms_per_example = 1
+
+  def __call__(self, record, u):
+    noise = -1 if u is None else int(u[0] * 1000)
+    return {"image": np.array([record, noise], np.int64), "label": np.int32(record)}
+
+
+noisy = Noisy()
 
 
 def _take(ds, count):
@@ -79,10 +87,10 @@ def test_batch_not_divisible_by_processes_is_a_clear_error():
 
 
 def test_bad_records_are_replaced_and_counted():
-  def fails_on_multiples_of_five(record, rng):
+  def fails_on_multiples_of_five(record, u):
     if record % 5 == 0:
       raise pipeline.SkippableRecordError(f"record {record} is corrupt")
-    return noisy(record, rng)
+    return noisy(record, u)
 
   batches = _take(pipeline.train_dataset(Numbers(20), fails_on_multiples_of_five, seed=0,
                                          global_batch_size=10), 4)
@@ -106,10 +114,10 @@ def test_missing_fashion_mnist_names_the_file(tmp_path):
 def test_each_bad_record_counts_once_when_its_substitute_is_bad_too():
   bad = {3, 4, 5, 11}  # 3's substitutes 4 and 5 are bad as well
 
-  def fails(record, rng):
+  def fails(record, u):
     if record in bad:
       raise pipeline.SkippableRecordError(f"record {record} is corrupt")
-    return noisy(record, rng)
+    return noisy(record, u)
 
   batches = _take(pipeline.train_dataset(Numbers(16), fails, seed=0, global_batch_size=8), 2)
   assert sum(int(b["skipped"]) for b in batches) == len(bad)  # one epoch: each bad file once
@@ -124,7 +132,7 @@ def test_batches_loaded_ahead_log_nothing_until_used(caplog):
   from alexnet_jax import sharding
   from alexnet_jax.data import device
 
-  def fails(record, rng):
+  def fails(record, u):
     if record in (3, 12):
       raise pipeline.SkippableRecordError(f"record {record} is corrupt")
     return {"image": np.full((2,), record, np.uint8), "label": np.int32(record)}
@@ -144,9 +152,9 @@ def test_batches_loaded_ahead_log_nothing_until_used(caplog):
 def test_eval_padding_reuses_a_loaded_example_and_never_reads_again():
   reads = []
 
-  def counting(record, rng):
+  def counting(record, u):
     reads.append(record)
-    return noisy(record, rng)
+    return noisy(record, u)
 
   batches = list(pipeline.eval_dataset(Numbers(5), counting, global_batch_size=16))
   assert sorted(reads) == list(range(5))  # 11 padding rows, no extra decode

@@ -103,14 +103,15 @@ def test_raw_build_trains_and_evaluates_with_exact_counts(tmp_path):
 
 
 def test_raw_train_transform_draws_like_the_jpeg_paper_transform():
-  """Same seed, same crop offsets, flip and colour noise as the JPEG path on stored 256x256."""
+  """Same uniforms, same crop as the JPEG path on stored 256x256 (mirror and colour noise are
+  the train step's, the same for both storages)."""
   pixels = np.random.default_rng(3).integers(0, 256, (256, 256, 3), dtype=np.uint8)
   png = fx.encode(Image.fromarray(pixels), fmt="PNG")
+  assert raw.RawPaperTrainTransform.uniforms_per_example == 2
   for seed in range(6):
-    from_raw = raw.RawPaperTrainTransform(32, 0.1)(
-        {"image": pixels.tobytes(), "label": 3}, np.random.default_rng(seed))
-    from_png = transforms.PaperTrainTransform(32, 256, 0.1)(
-        {"image": png, "label": 3}, np.random.default_rng(seed))
+    u = np.random.default_rng(seed).random(2)
+    from_raw = raw.RawPaperTrainTransform(32)({"image": pixels.tobytes(), "label": 3}, u)
+    from_png = transforms.PaperTrainTransform(32, 256)({"image": png, "label": 3}, u)
     np.testing.assert_array_equal(from_raw["image"], from_png["image"])
   centre = raw.RawCentreCropTransform(32)({"image": pixels.tobytes(), "label": 1}, None)
   np.testing.assert_array_equal(centre["image"], pixels[112:144, 112:144])
@@ -154,8 +155,7 @@ def test_a_raw_record_of_the_wrong_size_is_an_error_naming_the_shard(tmp_path):
     damaged[7]
   # Not a skip: the loader lets it through instead of substituting the next record.
   with pytest.raises(raw.RawRecordError):
-    pipeline._load_with_skips(damaged, raw.RawCentreCropTransform(16), 7,
-                              np.random.default_rng(0))
+    pipeline._load_with_skips(damaged, raw.RawCentreCropTransform(16), 7, None)
 
 
 def test_prepare_refuses_an_existing_build_without_overwrite(tmp_path):

@@ -19,7 +19,7 @@ import math
 from typing import Any
 
 from alexnet_jax.errors import UserError
-from alexnet_jax.data import pipeline
+from alexnet_jax.data import augment, pipeline
 
 # The ImageNet sources (data/imagenet.py): an ArrayRecord build, the extracted folders, or
 # whichever of the two data_dir holds.
@@ -35,11 +35,14 @@ class DataInfo:
   num_classes: labels are 0 .. num_classes - 1. channels: 1 (grey) or 3 (RGB) of the uint8
   images. class_names: one per label, or None. has_crops: the eval transform cuts crops out of
   a larger image (ImageNet), so the paper's 10-crop view exists (`data.ten_crop`).
+  train_augment: the per-image mirror and colour noise the train step adds
+  (`augment.Augment`), or None.
   """
   num_classes: int
   channels: int
   class_names: tuple[str, ...] | None = None
   has_crops: bool = False
+  train_augment: augment.Augment | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ from grain import experimental as grain_experimental
 
 from alexnet_jax import sharding
 from alexnet_jax.data import pipeline
+from alexnet_jax.runtime import host_memory
 
 # How often a Grain worker checks that the trainer that started it is still alive (seconds).
 PARENT_POLL_S = 1.0
@@ -36,11 +37,15 @@ def _watch_parent() -> None:
       os._exit(1)
 
 
-def exit_with_parent(worker_index: int, worker_count: int) -> None:
+def init_worker(worker_index: int, worker_count: int) -> None:
   """Grain `worker_init_fn`: the worker exits within PARENT_POLL_S of its parent's death
-  instead of living on, re-parented to PID 1, with its memory and /dev/shm segments."""
+  instead of living on, re-parented to PID 1, with its memory and /dev/shm segments; its
+  allocator keeps freed memory (`host_memory.keep_freed_memory`) and its imports are exempted
+  from garbage collection (`pipeline.freeze_gc`): ~20% and ~10-25% of an example's time."""
   del worker_index, worker_count
   threading.Thread(target=_watch_parent, name="exit-with-parent", daemon=True).start()
+  host_memory.keep_freed_memory()
+  pipeline.freeze_gc()
 
 
 class _ToDevice:
@@ -68,12 +73,13 @@ class DeviceBatches(Iterator[dict[str, Any]]):
   def __init__(self, dataset: grain.MapDataset, mesh, *, batch_size: int, num_workers: int,
                host_prefetch: int, device_prefetch: int):
     self.batch_size = batch_size  # global
+    pipeline.freeze_gc()  # this process loads the batches when num_workers=0
     self._length = len(dataset)
     iter_ds = dataset.to_iter_dataset(grain.ReadOptions(
         num_threads=max(1, host_prefetch), prefetch_buffer_size=host_prefetch))
     if num_workers > 0:
       iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
-                                    worker_init_fn=exit_with_parent)
+                                    worker_init_fn=init_worker)
     iter_ds = iter_ds.map(_ToDevice(mesh))
     if device_prefetch > 0:
       iter_ds = grain_experimental.ThreadPrefetchIterDataset(

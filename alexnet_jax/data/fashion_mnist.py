@@ -77,8 +77,8 @@ class ArraySource:
 
 def to_rgb_if_needed(channels: int):
   """Transform repeating the grey channel when a model wants 3 (e.g. torchvision weights)."""
-  def transform(record, rng):
-    del rng
+  def transform(record, u):
+    del u
     image = record["image"]
     if channels == 3:
       image = np.repeat(image, 3, axis=-1)

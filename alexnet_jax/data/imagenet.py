@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax.data import IMAGENET_SOURCES, DataInfo, Split, pipeline, raw, records, transforms
+from alexnet_jax.data import (IMAGENET_SOURCES, DataInfo, Split, augment, pipeline, raw, records,
+                              transforms)
 from alexnet_jax.errors import UserError, MissingFileError
 
 # The `data.source` values that read ImageNet (this module); the one list of them.
@@ -384,8 +385,10 @@ def build(config: Any, split: str, *, ten_crop: bool = False) -> Split:
     source = folder_split(data_dir, "train" if split == "train" else "val")
   data = config.data
   size = config.model.image_size
+  # The paper's mirror and PCA colour noise, done in the train step (data/augment.py).
+  train_augment = augment.Augment(flip=True, pca_std=data.pca_std) if split == "train" else None
   info = DataInfo(num_classes=NUM_CLASSES, channels=3, class_names=class_names(),
-                  has_crops=True)
+                  has_crops=True, train_augment=train_augment)
   if storage["format"] == raw.FORMAT:
     raw.check_config(config, storage["side"], storage["version_dir"])
     if len(source):
@@ -397,7 +400,7 @@ def build(config: Any, split: str, *, ten_crop: bool = False) -> Split:
   if split == "train":
     transform = transforms.make_train_transform(
         data.train_transform, image_size=size, resize_size=data.resize_size,
-        pca_std=data.pca_std, use_draft=data.jpeg_draft, decoder=data.jpeg_decoder)
+        use_draft=data.jpeg_draft, decoder=data.jpeg_decoder)
   else:
     transform = transforms.make_eval_transform(
         image_size=size, resize_size=data.resize_size, ten_crop=ten_crop,

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import logging
 import math
 import sys
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol
 
 import grain
 import numpy as np
@@ -27,8 +28,14 @@ import numpy as np
 from alexnet_jax.errors import UserError
 
 Example = dict[str, np.ndarray]
-# transform(record, rng) -> {'image': uint8 array, 'label': int}
-Transform = Callable[[Any, np.random.Generator], Example]
+# transform(record, u) -> {'image': uint8 array, 'label': int}; u: the example's
+# `uniforms_per_example(transform)` uniforms in [0, 1) (float64), or None when it draws none.
+Transform = Callable[[Any, np.ndarray | None], Example]
+
+
+def uniforms_per_example(transform: Transform) -> int:
+  """How many uniforms a transform draws per example (its `uniforms_per_example`, else 0)."""
+  return int(getattr(transform, "uniforms_per_example", 0))
 
 
 class RandomAccessSource(Protocol):
@@ -55,8 +62,25 @@ def _rows_of_process(global_batch_size: int, process_index: int, process_count: 
   return slice(process_index * per_process, (process_index + 1) * per_process)
 
 
-def _stack(examples: Sequence[Example]) -> Example:
-  return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+class _BatchArrays:
+  """Examples written straight into one preallocated array per key (one copy per example,
+  no list of arrays to stack); shapes and dtypes come from the first example."""
+
+  def __init__(self, rows: int):
+    self.rows = rows
+    self.arrays: Example | None = None
+
+  def put(self, row: int, example: Example) -> None:
+    if self.arrays is None:
+      self.arrays = {key: np.empty((self.rows,) + np.shape(value), np.asarray(value).dtype)
+                     for key, value in example.items()}
+    for key, value in example.items():
+      self.arrays[key][row] = value
+
+  def repeat(self, row: int) -> None:
+    """Row `row` becomes a copy of row `row - 1` (eval padding: no reload, no warning)."""
+    for array in self.arrays.values():
+      array[row] = array[row - 1]
 
 
 def _with_skips(batch: Example, notes: list[str]) -> Example:
@@ -79,8 +103,10 @@ class _LoadTrainRows:
 
   Position p = batch_index * global_batch_size + row of the stream is example
   epoch_permutation(seed, n, p // n)[p % n]: epochs follow each other without a gap, so a
-  batch may hold the end of one epoch and the start of the next. Picklable, so Grain
-  worker processes can run it.
+  batch may hold the end of one epoch and the start of the next. The transform's uniforms
+  for the whole global batch are drawn at once from (seed, batch_index) and each row takes
+  its own: independent of workers and process count, and one generator per batch instead of
+  one per example (~15 us each). Picklable, so Grain worker processes can run it.
   """
   source: RandomAccessSource
   transform: Transform
@@ -90,17 +116,22 @@ class _LoadTrainRows:
 
   def __call__(self, batch_index: int) -> Example:
     n = len(self.source)
-    examples, notes = [], []
-    for row in range(self.global_batch_size)[self.rows]:
+    count = uniforms_per_example(self.transform)
+    uniforms = None
+    if count:
+      uniforms = np.random.default_rng([self.seed, batch_index]).random(
+          (self.global_batch_size, count))
+    rows = range(self.global_batch_size)[self.rows]
+    batch, notes = _BatchArrays(len(rows)), []
+    for i, row in enumerate(rows):
       epoch, offset = divmod(batch_index * self.global_batch_size + row, n)
       index = int(epoch_permutation(self.seed, n, epoch)[offset])
-      # One generator per (seed, batch, row): independent of workers and process count.
-      rng = np.random.default_rng([self.seed, batch_index, row])
-      example, note = _load_with_skips(self.source, self.transform, index, rng)
+      u = None if uniforms is None else uniforms[row]
+      example, note = _load_with_skips(self.source, self.transform, index, u)
       if note is not None:
         notes.append(note)
-      examples.append(example)
-    return _with_skips(_stack(examples), notes)
+      batch.put(i, example)
+    return _with_skips(batch.arrays, notes)
 
 
 # Batch keys the loaders add besides the examples: how many of its records were unreadable
@@ -115,8 +146,8 @@ def log_skipped(notes) -> None:
     logging.warning("skipping unreadable record %s", note)
 
 
-def _load_with_skips(source, transform, index, rng, max_tries: int = 100):
-  """(transform(source[index]), note) where note is None, or says why record `index` was
+def _load_with_skips(source, transform, index, u, max_tries: int = 100):
+  """(transform(source[index], u), note) where note is None, or says why record `index` was
   unreadable.
 
   An unreadable record is replaced by the next readable one. Only the record's own failure
@@ -129,7 +160,7 @@ def _load_with_skips(source, transform, index, rng, max_tries: int = 100):
   for attempt in range(max_tries):
     i = (index + attempt) % n
     try:
-      return transform(source[i], rng), note
+      return transform(source[i], u), note
     except SkippableRecordError as e:
       if attempt == 0:
         note = f"{i}: {e}"
@@ -148,25 +179,25 @@ class _LoadEvalRows:
 
   def __call__(self, batch_index: int) -> Example:
     n = len(self.source)
-    examples, mask, notes = [], [], []
-    rng = np.random.default_rng(0)  # eval transforms are deterministic; the rng is unused.
-    for row in range(self.global_batch_size)[self.rows]:
+    rows = range(self.global_batch_size)[self.rows]
+    batch, mask, notes = _BatchArrays(len(rows)), [], []
+    for i, row in enumerate(rows):
       position = batch_index * self.global_batch_size + row
-      if position >= n and examples:
+      if position >= n and i > 0:
         # Padding rows repeat an example already loaded (shapes stay right; no re-decode,
         # no repeated warning) and are masked out.
-        examples.append(examples[-1])
+        batch.repeat(i)
         mask.append(False)
         continue
-      example, note = _load_with_skips(self.source, self.transform, position % n, rng)
+      example, note = _load_with_skips(self.source, self.transform, position % n, None)
       real = position < n
       if note is not None and real:
         notes.append(note)
-      examples.append(example)
+      batch.put(i, example)
       mask.append(real and note is None)
-    batch = _stack(examples)
-    batch["mask"] = np.asarray(mask, np.bool_)
-    return _with_skips(batch, notes)
+    arrays = batch.arrays
+    arrays["mask"] = np.asarray(mask, np.bool_)
+    return _with_skips(arrays, notes)
 
 
 def train_dataset(source: RandomAccessSource, transform: Transform, *, seed: int,
@@ -192,10 +223,30 @@ def eval_dataset(source: RandomAccessSource, transform: Transform, *, global_bat
   return grain.MapDataset.range(num_batches).map(loader)
 
 
+_gc_frozen = False
+
+
+def freeze_gc() -> None:
+  """Once per process: collects garbage, then exempts every object alive now (the imports:
+  jax, tfds, grain, ...) from later collections.
+
+  Call it in a process that loads batches, after its imports. Loading allocates many
+  short-lived objects, and each full collection walked the hundreds of thousands of long-lived
+  ones as well: ~25% of a JPEG example's time and ~10% of a raw one's (2-core Intel machine,
+  2026-11-30; docs/data.md). What is frozen is never freed, hence once, right after start-up.
+  """
+  global _gc_frozen
+  if not _gc_frozen:
+    _gc_frozen = True
+    gc.collect()
+    gc.freeze()
+
+
 def to_iterator(dataset: grain.MapDataset, *, num_workers: int,
                 prefetch_batches: int) -> grain.DatasetIterator:
   """Host batches (numpy) of `dataset`, loaded by `num_workers` processes: for benchmarks and
   tools that read batches on the host. The trainer uses `data.device.DeviceBatches`."""
+  freeze_gc()
   iter_ds = dataset.to_iter_dataset(
       grain.ReadOptions(num_threads=max(1, prefetch_batches), prefetch_buffer_size=prefetch_batches))
   if num_workers > 0:

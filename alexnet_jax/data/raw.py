@@ -7,17 +7,17 @@ and then cropped out the central 256x256 patch", Krizhevsky et al. 2012) and sto
 record, so the `tfds`/`auto` sources find the build as any other. `alexnet_jax_prepare.json`
 records `"format": "raw"` and the side; `imagenet.build` reads it and picks these transforms.
 
-Nothing is decoded at training time: a train example is a random crop (slicing), an optional
-mirror (slicing) and the PCA colour noise (a lookup table), drawing from the generator in the
-same order as the JPEG path's paper transform (crop offsets, flip, colour noise), so the two
-storages give the same augmentation for the same seed.
+Nothing is decoded at training time: a train example is a random crop (a slice, copied once,
+into the batch), with the offsets the JPEG path's paper transform draws from the same
+uniforms, so the two storages crop alike for the same seed; the mirror and the colour noise
+are done in the train step (data/augment.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -87,26 +87,21 @@ def centre_square(data: bytes, key: str, side: int = SIDE, decoder: str = "pillo
 
 @dataclasses.dataclass(frozen=True)
 class RawPaperTrainTransform:
-  """Random `image_size` crop of the stored square, flip with p=1/2, PCA colour noise.
+  """A random `image_size` crop of the stored square (a view, no copy); the mirror and the
+  PCA colour noise follow in the train step (data/augment.py).
 
-  Returns {'image': (image_size, image_size, 3) uint8, 'label': int32}.
+  Returns {'image': (image_size, image_size, 3) uint8, read-only view, 'label': int32}.
   """
   image_size: int
-  pca_std: float = 0.1
   side: int = SIDE
+  uniforms_per_example: ClassVar[int] = 2
 
-  def __call__(self, record, rng: np.random.Generator):
-    square = pixels(record, self.side)
+  def __call__(self, record, u: np.ndarray):
     size = self.image_size
-    dx, dy = rng.integers(0, self.side - size + 1, size=2)  # as transforms.paper_crop_box
-    crop = square[int(dy):int(dy) + size, int(dx):int(dx) + size]
-    if rng.random() < 0.5:  # as transforms.maybe_flip
-      crop = transforms.flip_lr(crop)
-    if self.pca_std > 0:
-      array = transforms.add_color_shift(crop, transforms.pca_color_shift(rng, self.pca_std))
-    else:
-      array = np.ascontiguousarray(crop)
-    return {"image": array, "label": np.int32(record["label"])}
+    positions = self.side - size + 1  # the offsets of transforms.paper_crop_box
+    dx, dy = transforms.uniform_int(u[0], positions), transforms.uniform_int(u[1], positions)
+    crop = pixels(record, self.side)[dy:dy + size, dx:dx + size]
+    return {"image": crop, "label": np.int32(record["label"])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +110,8 @@ class RawCentreCropTransform:
   image_size: int
   side: int = SIDE
 
-  def __call__(self, record, rng: np.random.Generator):
-    del rng
+  def __call__(self, record, u=None):
+    del u
     offset = transforms.centre_offset(self.side, self.image_size)
     crop = pixels(record, self.side)[offset:offset + self.image_size,
                                      offset:offset + self.image_size]
@@ -129,8 +124,8 @@ class RawTenCropTransform:
   image_size: int
   side: int = SIDE
 
-  def __call__(self, record, rng: np.random.Generator):
-    del rng
+  def __call__(self, record, u=None):
+    del u
     return {"image": transforms.ten_crops(pixels(record, self.side), self.image_size),
             "label": np.int32(record["label"])}
 
@@ -156,7 +151,7 @@ def make_transform(config: Any, split: str, *, ten_crop: bool, side: int):
   """The raw transform of `split` ('train' or 'eval') for `config`."""
   size = config.model.image_size
   if split == "train":
-    return RawPaperTrainTransform(size, config.data.pca_std, side)
+    return RawPaperTrainTransform(size, side)
   if ten_crop:
     return RawTenCropTransform(size, side)
   return RawCentreCropTransform(size, side)

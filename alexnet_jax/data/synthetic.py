@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax.data import DataInfo, Split
+from alexnet_jax.data import DataInfo, Split, augment
 
 # Seeds of the two splits, offset from config.seed so that train and eval images differ.
 _SPLIT_SEED_OFFSET = {"train": 0, "eval": 1}
@@ -59,8 +59,8 @@ class SyntheticSource:
     return {"image": images[index % len(images)], "label": labels[index]}
 
 
-def _identity(record, rng):
-  del rng
+def _identity(record, u):
+  del u
   return record
 
 
@@ -74,5 +74,12 @@ def build(config, split: str, *, ten_crop: bool = False) -> Split:
   source = SyntheticSource(count, shape, config.model.num_classes,
                            config.seed + _SPLIT_SEED_OFFSET[split],
                            config.data.synthetic_pool_size)
-  info = DataInfo(num_classes=config.model.num_classes, channels=config.model.in_channels)
+  channels = config.model.in_channels
+  # Speed tests train on synthetic images: the step does ImageNet's per-image work on them too.
+  train_augment = None
+  if split == "train":
+    train_augment = augment.Augment(flip=True,
+                                    pca_std=config.data.pca_std if channels == 3 else 0.0)
+  info = DataInfo(num_classes=config.model.num_classes, channels=channels,
+                  train_augment=train_augment)
   return Split(source, _identity, info)

@@ -1,8 +1,11 @@
 """ImageNet image transforms: encoded image bytes -> uint8 crops, with numpy and PIL only.
 
-Every transform is a picklable callable `transform(record, rng) -> {'image', 'label'}` that Grain
+Every transform is a picklable callable `transform(record, u) -> {'image', 'label'}` that Grain
 workers run. A record is a mapping with `image` (the encoded file: JPEG, or whatever PIL reads),
-`label` (class index) and, for error messages, `file_name`.
+`label` (class index) and, for error messages, `file_name`. A train transform's class says how
+many uniforms in [0, 1) it draws (`uniforms_per_example`); the loader passes them as `u`
+(data/pipeline.py), eval transforms get None. Only the crop is chosen here: the mirror and
+the PCA colour noise are done in the train step (data/augment.py).
 
 Speed comes from doing the work once, at the size it is needed:
 - The crop is chosen in the coordinates of the *original* image (from its header, before any
@@ -32,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 from PIL import Image
@@ -54,16 +57,6 @@ _JPEG_SOI = b"\xff\xd8\xff"
 
 # Antialiased bilinear, as torchvision's Resize and RandomResizedCrop default to.
 RESAMPLE = Image.Resampling.BILINEAR
-
-# Eigen-decomposition of the RGB covariance of ImageNet training pixels (pixels in [0, 1]), as
-# published with fb.resnet.torch (datasets/imagenet.lua) and reused by most AlexNet
-# reproductions. Column i of PCA_EIGVEC is the eigenvector of PCA_EIGVAL[i].
-PCA_EIGVAL = np.array([0.2175, 0.0188, 0.0045])
-PCA_EIGVEC = np.array([
-    [-0.5675, 0.7192, 0.4009],
-    [-0.5808, -0.0045, -0.8140],
-    [-0.5836, -0.6948, 0.4203],
-])
 
 # Errors PIL raises on bytes it cannot turn into an image (UnidentifiedImageError and
 # "image file is truncated" are OSErrors).
@@ -290,35 +283,47 @@ def centre_crop_box(width: int, height: int, resize_size: int, crop_size: int) -
                          centre_offset(resized_h, crop_size), crop_size)
 
 
+def uniform_int(u: float, count: int) -> int:
+  """An integer uniform on 0 .. count-1 from a uniform float u in [0, 1)."""
+  return min(int(u * count), count - 1)
+
+
 def paper_crop_box(width: int, height: int, resize_size: int, crop_size: int,
-                   rng: np.random.Generator) -> Box:
-  """A uniformly random `crop_size` crop of the central `resize_size` square (the paper)."""
+                   u: np.ndarray) -> Box:
+  """A uniformly random `crop_size` crop of the central `resize_size` square (the paper);
+  u: 2 uniforms in [0, 1) (horizontal, vertical offset)."""
   resized_w, resized_h = resized_size(width, height, resize_size)
   square_left = centre_offset(resized_w, resize_size)
   square_top = centre_offset(resized_h, resize_size)
-  dx, dy = rng.integers(0, resize_size - crop_size + 1, size=2)
-  return crop_in_resized(width, height, resize_size, square_left + int(dx),
-                         square_top + int(dy), crop_size)
+  positions = resize_size - crop_size + 1
+  dx, dy = uniform_int(u[0], positions), uniform_int(u[1], positions)
+  return crop_in_resized(width, height, resize_size, square_left + dx, square_top + dy,
+                         crop_size)
 
 
-def inception_crop_box(width: int, height: int, rng: np.random.Generator,
+INCEPTION_TRIES = 10
+
+
+def inception_crop_box(width: int, height: int, u: np.ndarray,
                        scale: tuple[float, float] = (0.08, 1.0),
                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Box:
-  """torchvision's RandomResizedCrop.get_params, drawing from a numpy generator.
+  """torchvision's RandomResizedCrop.get_params, from 4 * INCEPTION_TRIES uniforms `u` in
+  [0, 1) (area, log aspect ratio, top, left of each try).
 
   Ten tries at a crop of random area (scale x image area) and log-uniform aspect ratio that
   fits inside the image; then the largest central crop with a ratio inside `ratio`.
   """
   area = width * height
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-  for _ in range(10):
-    target_area = area * rng.uniform(*scale)
-    aspect = math.exp(rng.uniform(*log_ratio))
+  for attempt in range(INCEPTION_TRIES):
+    u_area, u_ratio, u_top, u_left = u[4 * attempt:4 * attempt + 4]
+    target_area = area * (scale[0] + u_area * (scale[1] - scale[0]))
+    aspect = math.exp(log_ratio[0] + u_ratio * (log_ratio[1] - log_ratio[0]))
     w = int(round(math.sqrt(target_area * aspect)))
     h = int(round(math.sqrt(target_area / aspect)))
     if 0 < w <= width and 0 < h <= height:
-      top = int(rng.integers(0, height - h + 1))
-      left = int(rng.integers(0, width - w + 1))
+      top = uniform_int(u_top, height - h + 1)
+      left = uniform_int(u_left, width - w + 1)
       return (left, top, left + w, top + h)
   in_ratio = width / height
   if in_ratio < min(ratio):
@@ -332,111 +337,47 @@ def inception_crop_box(width: int, height: int, rng: np.random.Generator,
 
 
 # --------------------------------------------------------------------------------------------
-# Pixel augmentations
-
-
-def pca_color_shift(rng: np.random.Generator, std: float) -> np.ndarray:
-  """The paper's colour noise for one image: sum_i alpha_i lambda_i p_i, alpha_i ~ N(0, std).
-
-  In 0-255 units, one value per RGB channel, added to every pixel.
-  """
-  alpha = rng.normal(0.0, std, size=3)
-  return (PCA_EIGVEC @ (alpha * PCA_EIGVAL)) * 255.0
-
-
-def add_color_shift(image: np.ndarray, shift: np.ndarray) -> np.ndarray:
-  """uint8 (H, W, 3) image + per-channel shift, rounded and clipped back to uint8.
-
-  The result is defined by a 256-entry table per channel, clip(rint(v + shift_c), 0, 255).
-  That table is (except when a shift ends exactly in .5) a saturating add of the integer
-  rint(shift_c), done as three whole-row uint8 passes (max, min, add): ~5x faster than the
-  table lookup, which remains for the exact-tie case. Returns a new contiguous array.
-  """
-  table = np.clip(np.rint(np.arange(256.0)[:, None] + shift[None, :]), 0, 255).astype(np.uint8)
-  offsets = np.rint(shift).astype(np.int64)
-  saturating = np.clip(np.arange(256)[:, None] + offsets[None, :], 0, 255)
-  image = np.ascontiguousarray(image)
-  if np.array_equal(table, saturating):
-    width = image.shape[1]
-    low = np.tile(np.maximum(0, -offsets), width).astype(np.uint8)
-    high = np.tile(np.minimum(255, 255 - offsets), width).astype(np.uint8)
-    add = np.tile(offsets % 256, width).astype(np.uint8)
-    rows = image.reshape(image.shape[0], -1)
-    out = np.maximum(rows, low)
-    np.minimum(out, high, out=out)
-    out += add  # in range after the clamps: uint8 wrap-around is the exact sum
-    return out.reshape(image.shape)
-  out = np.empty_like(image)
-  for channel in range(3):
-    np.take(table[:, channel], image[..., channel], out=out[..., channel])
-  return out
-
-
-def flip_lr(image: np.ndarray) -> np.ndarray:
-  """A contiguous left-right mirror of a uint8 (H, W, 3) array.
-
-  Copies whole 3-byte pixels (a void view), ~2x faster than numpy's byte-wise strided copy.
-  """
-  if image.ndim == 3 and image.shape[2] == 3 and image.strides[2] == 1 and (
-      image.strides[1] == 3):
-    pixels = image.view(np.dtype("V3"))[:, ::-1]
-    return np.ascontiguousarray(pixels).view(np.uint8).reshape(image.shape)
-  return np.ascontiguousarray(image[:, ::-1])
-
-
-def maybe_flip(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-  """Mirror left-right with probability 1/2."""
-  if rng.random() < 0.5:
-    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-  return image
-
-
-def _finish_train(array: np.ndarray, record, rng: np.random.Generator, pca_std: float):
-  """Flip (p=1/2, one draw) then PCA colour noise of an (H, W, 3) uint8 array."""
-  if rng.random() < 0.5:
-    array = flip_lr(array)
-  if pca_std > 0:
-    array = add_color_shift(array, pca_color_shift(rng, pca_std))
-  else:
-    array = np.ascontiguousarray(array)
-  return {"image": array, "label": np.int32(record["label"])}
-
-
-# --------------------------------------------------------------------------------------------
 # The transforms
+
+
+def _train_example(array: np.ndarray, record) -> dict[str, Any]:
+  return {"image": array, "label": np.int32(record["label"])}
 
 
 @dataclasses.dataclass(frozen=True)
 class PaperTrainTransform:
-  """Shorter side to `resize_size`, central square, random `image_size` crop, flip, PCA noise."""
+  """Shorter side to `resize_size`, central square, random `image_size` crop.
+
+  The mirror and the PCA colour noise follow in the train step (data/augment.py). Returns
+  {'image': (image_size, image_size, 3) uint8 (possibly a read-only view), 'label': int32}.
+  """
   image_size: int
   resize_size: int = 256
-  pca_std: float = 0.1
   use_draft: bool = True
   decoder: str = "pillow"  # resolved: pillow | simplejpeg
+  uniforms_per_example: ClassVar[int] = 2
 
-  def __call__(self, record, rng: np.random.Generator):
-    choose = lambda w, h: paper_crop_box(w, h, self.resize_size, self.image_size, rng)
+  def __call__(self, record, u: np.ndarray):
+    choose = lambda w, h: paper_crop_box(w, h, self.resize_size, self.image_size, u)
     size = (self.image_size, self.image_size)
-    array = decode_region_array(record["image"], record_key(record), choose, size,
-                                self.use_draft, self.decoder)
-    return _finish_train(array, record, rng, self.pca_std)
+    return _train_example(decode_region_array(record["image"], record_key(record), choose,
+                                              size, self.use_draft, self.decoder), record)
 
 
 @dataclasses.dataclass(frozen=True)
 class InceptionTrainTransform:
-  """torchvision's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3), flip, PCA noise."""
+  """torchvision's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3); mirror and PCA noise
+  follow in the train step."""
   image_size: int
-  pca_std: float = 0.1
   use_draft: bool = True
   decoder: str = "pillow"
+  uniforms_per_example: ClassVar[int] = 4 * INCEPTION_TRIES
 
-  def __call__(self, record, rng: np.random.Generator):
-    choose = lambda w, h: inception_crop_box(w, h, rng)
+  def __call__(self, record, u: np.ndarray):
+    choose = lambda w, h: inception_crop_box(w, h, u)
     size = (self.image_size, self.image_size)
-    array = decode_region_array(record["image"], record_key(record), choose, size,
-                                self.use_draft, self.decoder)
-    return _finish_train(array, record, rng, self.pca_std)
+    return _train_example(decode_region_array(record["image"], record_key(record), choose,
+                                              size, self.use_draft, self.decoder), record)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -447,8 +388,8 @@ class CentreCropTransform:
   use_draft: bool = True
   decoder: str = "pillow"
 
-  def __call__(self, record, rng: np.random.Generator):
-    del rng  # deterministic
+  def __call__(self, record, u=None):
+    del u  # deterministic
     choose = lambda w, h: centre_crop_box(w, h, self.resize_size, self.image_size)
     size = (self.image_size, self.image_size)
     array = decode_region_array(record["image"], record_key(record), choose, size,
@@ -475,8 +416,8 @@ class TenCropTransform:
   use_draft: bool = True
   decoder: str = "pillow"
 
-  def __call__(self, record, rng: np.random.Generator):
-    del rng  # deterministic
+  def __call__(self, record, u=None):
+    del u  # deterministic
     choose = lambda w, h: centre_crop_box(w, h, self.resize_size, self.resize_size)
     size = (self.resize_size, self.resize_size)
     square = decode_region_array(record["image"], record_key(record), choose, size,
@@ -488,16 +429,16 @@ class TenCropTransform:
 TRAIN_TRANSFORMS = ("paper", "inception")
 
 
-def make_train_transform(name: str, *, image_size: int, resize_size: int, pca_std: float,
-                         use_draft: bool, decoder: str = "pillow") -> pipeline.Transform:
+def make_train_transform(name: str, *, image_size: int, resize_size: int, use_draft: bool,
+                         decoder: str = "pillow") -> pipeline.Transform:
   """The train transform `name` (paper | inception); decoder: a `data.jpeg_decoder` value.
 
   Raises UserError for an unknown name or decoder."""
   decoder = resolve_decoder(decoder)
   if name == "paper":
-    return PaperTrainTransform(image_size, resize_size, pca_std, use_draft, decoder)
+    return PaperTrainTransform(image_size, resize_size, use_draft, decoder)
   if name == "inception":
-    return InceptionTrainTransform(image_size, pca_std, use_draft, decoder)
+    return InceptionTrainTransform(image_size, use_draft, decoder)
   raise UserError(f"data.train_transform={name!r} is not one of "
                    f"{', '.join(map(repr, TRAIN_TRANSFORMS))}.")
 

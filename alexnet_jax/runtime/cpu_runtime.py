@@ -35,11 +35,14 @@ that finds no device makes JAX fall back to the CPU untuned: slower, never wrong
 
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import re
 import sys
+
+# Re-exported: configure() applies it, tests and benchmarks read it from here.
+from alexnet_jax.runtime.host_memory import (  # noqa: F401
+    GLIBC_KEEP_FREED_MEMORY, keep_freed_memory, keep_freed_memory_env, on_glibc)
 
 # jaxlib versions (major, minor) and processors on which XLA_CPU_FLAGS were measured.
 TUNED_JAXLIB_VERSIONS = ((0, 10),)
@@ -49,17 +52,6 @@ XLA_CPU_FLAGS = (
     "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE",
 )
 OPT_OUT_ENV = "ALEXNET_JAX_CPU_RUNTIME_TUNING"
-
-# What keep_freed_memory sets: (mallopt parameter from malloc.h, the environment variable glibc
-# reads for it at start-up, value). One arena: blocks freed by XLA's worker threads go back to
-# the main heap, where the next step finds them (a thread arena maps anything over 64 MB
-# afresh every time); no mmap; no trimming (mallopt takes an int, hence 2**31 - 1).
-GLIBC_KEEP_FREED_MEMORY = (
-    (-8, "MALLOC_ARENA_MAX", 1),  # M_ARENA_MAX
-    (-4, "MALLOC_MMAP_MAX_", 0),  # M_MMAP_MAX
-    (-1, "MALLOC_TRIM_THRESHOLD_", 2**31 - 1),  # M_TRIM_THRESHOLD
-)
-
 
 # Distributions that give JAX a non-CPU backend (checked by name prefix).
 ACCELERATOR_PLUGINS = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu")
@@ -82,27 +74,6 @@ def backends_started() -> bool:
   """Whether JAX has created its backends (after which XLA flags are no longer read)."""
   bridge = sys.modules.get("jax._src.xla_bridge")
   return bool(bridge is not None and getattr(bridge, "_backends", None))
-
-
-def on_glibc() -> bool:
-  """Whether this process runs on Linux with glibc (where mallopt applies)."""
-  return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-
-
-def keep_freed_memory() -> bool:
-  """Make glibc keep freed memory for reuse instead of returning it. False off glibc."""
-  if not on_glibc():
-    return False
-  try:
-    libc = ctypes.CDLL("libc.so.6")
-  except OSError:
-    return False
-  return all(libc.mallopt(param, value) == 1 for param, _, value in GLIBC_KEEP_FREED_MEMORY)
-
-
-def keep_freed_memory_env() -> dict[str, str]:
-  """The same settings as environment variables, for a process started from here."""
-  return {name: str(value) for _, name, value in GLIBC_KEEP_FREED_MEMORY}
 
 
 def _jaxlib_version() -> tuple[int, int] | None:
