@@ -29,17 +29,20 @@ PROGRESS_LOG_S = 30.0
 
 
 def run_eval(exp: Experiment, params: Any, batch_stats: Any = None, *,
-             ten_crop: bool | None = None, view_counts: Any = None) -> dict[str, float]:
+             ten_crop: bool | None = None, view_counts: Any = None,
+             batches: Any = None) -> dict[str, float]:
   """Metrics {'eval/loss', 'eval/top1', 'eval/top5', 'eval/num_examples', 'eval/skipped',
   'eval/seconds'} of `params` (and alexnet_bn's running `batch_stats`; None for none) on the
   eval split. ten_crop: the view (None: `data.ten_crop`). view_counts: a report.ViewCounts
-  that also receives every counted row's top-5. Loss and accuracies are float64 host sums
+  that also receives every counted row's top-5. batches: the pass's `DeviceBatches` when
+  already started (hooks.EvalPrestart), else made here; closed here. Loss and accuracies are float64 host sums
   divided by the count, exact for any split size. Raises RuntimeError if nothing was readable.
   """
   batch_stats = {} if batch_stats is None else batch_stats
   totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "num_examples": 0.0}
   start = time.time()
-  batches = exp.eval_batches(ten_crop)
+  if batches is None:
+    batches = exp.eval_batches(ten_crop)
   num_batches = len(batches)
   if jax.process_index() == 0:
     logging.info("Evaluating %d images (%d batches of %d)...", exp.eval_split.num_examples,

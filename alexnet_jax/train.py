@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from alexnet_jax import checkpoint as ckpt_lib, evaluate, hooks, sharding, state as state_lib
+from alexnet_jax import checkpoint as ckpt_lib, evaluate, hooks, state as state_lib
 from alexnet_jax.errors import CheckpointWriteError, UserError
 from alexnet_jax.experiment import Experiment
 from alexnet_jax.metrics_writer import MetricWriter
@@ -193,8 +193,6 @@ def train_and_evaluate(exp: Experiment, workdir: str | pathlib.Path) -> TrainRes
   log = lambda message: logging.info(message) if is_chief else None  # noqa: E731
   checkpointer = None
   writer = None
-  stop = None
-  batches = None
   try:
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     # Checked before anything is written, so a refused resume leaves the workdir as it was.
@@ -244,6 +242,7 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
   log(f"Training {exp.total_steps} steps ({exp.steps_per_epoch} per epoch, global batch "
       f"{config.batch_size}) in {workdir}.")
   batches = exp.train_batches(start_step=step)
+  eval_prestart = hooks.EvalPrestart(exp)
   try:
     while step < exp.total_steps:
       try:
@@ -288,7 +287,8 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
                                            // jax.process_count()))
 
       if step % exp.eval_every_steps == 0 or (is_last and config.eval_at_end):
-        eval_metrics = evaluate.run_eval(exp, state["params"], state["batch_stats"])
+        eval_metrics = evaluate.run_eval(exp, state["params"], state["batch_stats"],
+                                         batches=eval_prestart.take())
         meter.exclude(eval_metrics["eval/seconds"])  # images/s is the training rate
         eval_metrics["train/epoch"] = exp.epoch_of(step)
         writer.write(step, eval_metrics)
@@ -300,6 +300,8 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
         picture = hooks.filters_image(config.model.variant, state["params"]["conv1"]["kernel"])
         writer.image(step, "filters/conv1", picture)
 
+      eval_prestart.after_step(step, hooks.next_eval_step(
+          step, exp.eval_every_steps, exp.total_steps, config.eval_at_end))
       stopping = (stop.requested(step, config.log_every_steps)
                   or checkpointer.reached_preemption(step))
       if step % config.checkpoint_every_steps == 0 or is_last or stopping:
@@ -311,6 +313,7 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
     _wait_for_saves(exp, checkpointer, last_saved)
   finally:
     batches.close()
+    eval_prestart.close()
     stop.restore_handlers()
     try:
       checkpointer.wait()

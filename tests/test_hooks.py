@@ -48,3 +48,64 @@ def test_a_run_that_sits_at_chance_is_warned_about(tmp_path):
                     "--config.stall_warning_steps=4", "--config.eval_at_end=false")
   assert "the net is not learning" in result.stderr
   assert result.stderr.count("the net is not learning") == 1
+
+
+# --------------------------------------------------------------------------------------------
+# The evaluation's pipeline starts before its step
+
+
+def test_next_eval_step():
+  assert hooks.next_eval_step(0, 10, 35, at_end=True) == 10
+  assert hooks.next_eval_step(10, 10, 35, at_end=True) == 20
+  assert hooks.next_eval_step(30, 10, 35, at_end=True) == 35
+  assert hooks.next_eval_step(30, 10, 35, at_end=False) is None
+  assert hooks.next_eval_step(35, 10, 35, at_end=True) is None
+
+
+class FakeBatches:
+  def __init__(self):
+    self.started = self.closed = False
+    self.startup_seconds = None
+
+  def start(self):
+    self.started = True
+
+  def close(self):
+    self.closed = True
+
+
+class FakeExperiment:
+  def __init__(self):
+    self.made = []
+
+  def eval_batches(self):
+    self.made.append(FakeBatches())
+    return self.made[-1]
+
+
+def test_eval_pipeline_starts_one_lead_before_the_evaluation():
+  now = [0.0]
+  exp = FakeExperiment()
+  prestart = hooks.EvalPrestart(exp, clock=lambda: now[0])
+  # 1 s steps, first lead 10 s: started when the evaluation at step 30 is 10 steps away.
+  for step in range(1, 21):
+    now[0] += 1.0
+    prestart.after_step(step, 30)
+  assert len(exp.made) == 1 and exp.made[0].started
+  for step in range(21, 30):
+    now[0] += 1.0
+    prestart.after_step(step, 30)
+  assert len(exp.made) == 1  # started once
+  first = prestart.take()
+  assert first is exp.made[0] and prestart.take() is None
+  first.startup_seconds = 2.0  # measured: the next lead is 3 s
+  now[0] += 100.0  # the evaluation's time is not a step time
+  for step in range(31, 57):
+    now[0] += 1.0
+    prestart.after_step(step, 60)
+  assert len(exp.made) == 1
+  now[0] += 1.0
+  prestart.after_step(57, 60)
+  assert len(exp.made) == 2 and exp.made[1].started
+  prestart.close()  # the loop stopped before that evaluation
+  assert exp.made[1].closed

@@ -169,3 +169,37 @@ def test_the_train_stream_resumes_by_step_alone():
   resumed = _take(ds[4:], 3)
   for want, got in zip(from_start[4:], resumed):
     np.testing.assert_array_equal(got["image"], want["image"])
+
+
+def test_a_started_pipeline_gives_the_same_batches_and_its_start_up_time():
+  """DeviceBatches.start(): what the evaluation's pre-start uses (hooks.EvalPrestart)."""
+  import jax
+
+  from alexnet_jax import sharding
+  from alexnet_jax.data import device
+
+  mesh = sharding.make_mesh(jax.devices()[:1])
+
+  def labels(start_first: bool) -> list[int]:
+    batches = device.DeviceBatches(pipeline.eval_dataset(Numbers(10), noisy, global_batch_size=4),
+                                   mesh, batch_size=4, num_workers=0, host_prefetch=1,
+                                   device_prefetch=1)
+    if start_first:
+      batches.start()
+    got = [int(l) for b in batches for l in np.asarray(b["label"])]
+    assert (batches.startup_seconds is not None) == start_first
+    batches.close()
+    return got
+
+  assert labels(True) == labels(False) == list(range(10)) + [9, 9]
+
+  def broken(record, u):
+    raise RuntimeError("the first batch failed")
+
+  batches = device.DeviceBatches(pipeline.eval_dataset(Numbers(4), broken, global_batch_size=4),
+                                 mesh, batch_size=4, num_workers=0, host_prefetch=1,
+                                 device_prefetch=0)
+  batches.start()
+  with pytest.raises(RuntimeError, match="the first batch failed"):
+    next(batches)  # raised in the caller's thread
+  batches.close()

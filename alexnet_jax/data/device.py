@@ -12,6 +12,7 @@ handed out so far, this process only) instead of popping it from the batch thems
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -29,21 +30,23 @@ from alexnet_jax.runtime import host_memory
 PARENT_POLL_S = 1.0
 
 
-def _watch_parent() -> None:
-  parent = os.getppid()
+def _watch_parent(parent: int) -> None:
   while True:
-    time.sleep(PARENT_POLL_S)
     if os.getppid() != parent:  # re-parented: the trainer is gone (kill -9, OOM killer)
       os._exit(1)
+    time.sleep(PARENT_POLL_S)
 
 
-def init_worker(worker_index: int, worker_count: int) -> None:
-  """Grain `worker_init_fn`: the worker exits within PARENT_POLL_S of its parent's death
-  instead of living on, re-parented to PID 1, with its memory and /dev/shm segments; its
-  allocator keeps freed memory (`host_memory.keep_freed_memory`) and its imports are exempted
-  from garbage collection (`pipeline.freeze_gc`): ~20% and ~10-25% of an example's time."""
+def init_worker(worker_index: int, worker_count: int, *, parent: int) -> None:
+  """Grain `worker_init_fn` (bind `parent`, the PID of the process that starts the workers,
+  with functools.partial): the worker exits within PARENT_POLL_S of that process's death,
+  or at once if it died while the worker was starting, instead of living on, re-parented to
+  PID 1, with its memory and /dev/shm segments. Its allocator keeps freed memory
+  (`host_memory.keep_freed_memory`) and its imports are exempted from garbage collection
+  (`pipeline.freeze_gc`): ~20% and ~10-25% of an example's time."""
   del worker_index, worker_count
-  threading.Thread(target=_watch_parent, name="exit-with-parent", daemon=True).start()
+  threading.Thread(target=_watch_parent, args=(parent,), name="exit-with-parent",
+                   daemon=True).start()
   host_memory.keep_freed_memory()
   pipeline.freeze_gc()
 
@@ -79,7 +82,7 @@ class DeviceBatches(Iterator[dict[str, Any]]):
         num_threads=max(1, host_prefetch), prefetch_buffer_size=host_prefetch))
     if num_workers > 0:
       iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
-                                    worker_init_fn=init_worker)
+                                    worker_init_fn=functools.partial(init_worker, parent=os.getpid()))
     iter_ds = iter_ds.map(_ToDevice(mesh))
     if device_prefetch > 0:
       iter_ds = grain_experimental.ThreadPrefetchIterDataset(
@@ -87,13 +90,43 @@ class DeviceBatches(Iterator[dict[str, Any]]):
     self._iterator = iter(iter_ds)
     self.skipped = 0  # unreadable records replaced in the batches returned so far
     self.batches = 0
+    self._starter: threading.Thread | None = None
+    self._first: tuple[bool, Any] | None = None
+    self.startup_seconds: float | None = None  # start() -> first batch ready
 
   def __len__(self) -> int:
     """Batches in the pass (an endless training stream: sys.maxsize)."""
     return self._length
 
+  def start(self) -> None:
+    """Starts the workers and loads the first batch now, in a background thread, so that a
+    later `next` does not wait for the pipeline's start-up (the evaluation's pre-start)."""
+    started = time.time()
+
+    def load_first() -> None:
+      try:
+        self._first = (True, next(self._iterator))
+      except BaseException as e:  # noqa: BLE001 - re-raised by __next__ in the caller's thread
+        self._first = (False, e)
+      self.startup_seconds = time.time() - started
+
+    self._starter = threading.Thread(target=load_first, name="pipeline-start", daemon=True)
+    self._starter.start()
+
+  def _take_first(self):
+    self._starter.join()
+    self._starter = None
+    loaded, value = self._first
+    self._first = None
+    if not loaded:
+      raise value
+    return value
+
   def __next__(self) -> dict[str, Any]:
-    batch, notes = next(self._iterator)
+    if self._starter is not None:
+      batch, notes = self._take_first()
+    else:
+      batch, notes = next(self._iterator)
     pipeline.log_skipped(notes)  # logged when used, so batches loaded ahead log nothing
     self.skipped += len(notes)
     self.batches += 1
@@ -101,6 +134,9 @@ class DeviceBatches(Iterator[dict[str, Any]]):
 
   def close(self) -> None:
     """Stops worker processes and prefetch threads now rather than at garbage collection."""
+    if self._starter is not None:
+      self._starter.join()
+      self._starter = self._first = None
     close = getattr(self._iterator, "close", None)
     if close is not None:
       close()

@@ -17,6 +17,12 @@ import dataclasses
 import itertools
 from typing import Any
 
+# Imported here, not on first use: these imports run in the worker's main thread when it
+# unpickles the dataset. Imported lazily from Grain's loader threads, two threads importing
+# tensorflow_datasets at once deadlocked a worker (etils' lazy modules; seen 2026-11-30).
+from array_record.python import array_record_data_source
+from tensorflow_datasets.proto import tf_example_pb2
+
 from alexnet_jax.errors import UserError
 
 FEATURES = ("image", "label", "file_name")
@@ -52,7 +58,6 @@ class ExampleRecords:
 
   def _data_source(self):
     if self._reader is None:
-      from array_record.python import array_record_data_source
       self._reader = array_record_data_source.ArrayRecordDataSource(list(self.paths))
     return self._reader
 
@@ -61,7 +66,6 @@ class ExampleRecords:
     return self._data_source()[index]
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    from tensorflow_datasets.proto import tf_example_pb2
     feature = tf_example_pb2.Example.FromString(self.serialized(index)).features.feature
     try:
       return {"image": feature["image"].bytes_list.value[0],
