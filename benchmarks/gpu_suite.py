@@ -19,6 +19,14 @@ Prints one JSON line per measurement (also appended to --out), each with `sectio
 - `fashion_mnist`: configs/fashion_mnist.py (the d2l recipe, 10 epochs): test top-1, wall time.
 - `proxy`: configs/imagenet.py's model and optimizer (default init, and model.init=paper) on
   Fashion-MNIST repeated to RGB at 224 for 2 epochs: does each leave chance, test top-1.
+- `input`: the training input pipeline on the host's cores (benchmarks/input_pipeline.py
+  --worker_sweep: 1, 2, 4, 8, 16 workers) on generated ImageNet-like photos stored as
+  256-px JPEG and as raw 256x256 (prepare --format=raw): total and per-worker images/s.
+- `end_to_end_raw`: `python -m alexnet_jax.main` with configs/imagenet.py on a generated raw
+  build (bf16, batch 512, 227 crops, --input_workers Grain workers): logged images/s against
+  the step alone.
+These last two need the input stack too (grain, tensorflow-datasets, array_record,
+simplejpeg), which device_wheels.sh fetches.
 It needs jax (with CUDA), flax, optax, orbax and, for the torch section, torch; grain,
 ml_collections and tensorboardX travel as wheels (../shared/tools/device_wheels.sh).
 """
@@ -42,7 +50,8 @@ from absl import app, flags
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from the working tree, no install needed
 
-SECTIONS = ("step", "torch", "end_to_end", "startup", "fashion_mnist", "proxy")
+SECTIONS = ("step", "torch", "end_to_end", "startup", "fashion_mnist", "proxy", "input",
+            "end_to_end_raw")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes on any backend: checks the suite runs.")
 _SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), f"Which of {SECTIONS}.")
 _OUT = flags.DEFINE_string("out", "", "Also append the JSON lines to this file.")
@@ -50,6 +59,10 @@ _STEPS = flags.DEFINE_integer("steps", 40, "Timed steps per measurement (step se
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timings per measurement; the best is kept.")
 _E2E_STEPS = flags.DEFINE_integer("e2e_steps", 600, "Steps of the end-to-end main run.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Scratch directory (default: a temporary one).")
+_INPUT_IMAGES = flags.DEFINE_integer("input_images", 4096,
+                                     "Generated images for the input and end_to_end_raw sections.")
+_INPUT_WORKERS = flags.DEFINE_integer("input_workers", 0,
+                                      "Grain workers of end_to_end_raw; 0: the host's cores.")
 
 FASHION_MNIST_MEAN = 72.9  # 0-255, the proxy's mean (benchmarks/recipe_proxy.py)
 # --smoke: the command-line runs use a small single-tower model, so the suite checks its own
@@ -300,6 +313,75 @@ def section_proxy(scratch: pathlib.Path) -> None:
            "loss_curve": {s: round(v, 4) for s, v in sorted(losses.items())}})
 
 
+def _benchmark_lines(command: list[str], timeout: int = 900) -> tuple[list[dict], int, str]:
+  """(JSON lines printed, return code, stderr tail) of a benchmarks/ script run."""
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  run = subprocess.run([sys.executable, *command], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=timeout)
+  lines = [json.loads(x) for x in run.stdout.splitlines() if x.startswith("{")]
+  return lines, run.returncode, run.stderr[-1500:]
+
+
+def section_input(scratch: pathlib.Path) -> None:
+  images = 48 if _SMOKE.value else _INPUT_IMAGES.value
+  common = ["benchmarks/input_pipeline.py", "--config=configs/imagenet.py",
+            f"--num_images={images}", f"--num_unique_images={min(images, 256)}",
+            "--prefetch_batches=1", "--wait_for_idle_s=0", "--retries=0",
+            f"--batch_size={16 if _SMOKE.value else 256}",
+            f"--num_batches={2 if _SMOKE.value else 16}",
+            "--workers=1" if _SMOKE.value else "--worker_sweep"]
+  for storage in ("arrayrecord", "raw"):
+    extra = ["--storage=raw"] if storage == "raw" else ["--storage=arrayrecord",
+                                                         "--resize_shorter=256"]
+    lines, returncode, tail = _benchmark_lines(common + extra)
+    for line in lines:
+      _emit({"section": "input", "storage": "raw256" if storage == "raw" else "jpeg256",
+             "workers": line["workers"], "images_per_sec": line["images_per_sec"],
+             "images_per_sec_per_process": line["images_per_sec_per_process"],
+             "cpu_cores_used": line["cpu_cores_used"], "jpeg_decoder": line["jpeg_decoder"]})
+    if returncode or not lines:
+      _emit({"section": "input", "storage": storage, "returncode": returncode,
+             "stderr_tail": tail})
+
+
+def section_end_to_end_raw(scratch: pathlib.Path, steps: list[dict]) -> None:
+  images = 48 if _SMOKE.value else _INPUT_IMAGES.value
+  folder, data_dir = scratch / "raw_folder", scratch / "raw_build"
+  make = ("import pathlib, sys; sys.path.insert(0, 'benchmarks'); import input_pipeline as ip; "
+          f"ip.make_benchmark_dataset(pathlib.Path({str(folder)!r}), num_images={images}, "
+          f"num_unique={min(images, 256)}, width=500, height=375, quality=90, num_val=64)")
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  subprocess.run([sys.executable, "-c", make], cwd=REPO, env=env, check=True, timeout=600)
+  subprocess.run([sys.executable, "-m", "alexnet_jax.prepare", f"--folder_dir={folder}",
+                  f"--data_dir={data_dir}", "--format=raw"], cwd=REPO, env=env, check=True,
+                 timeout=600, capture_output=True)
+  batch = 8 if _SMOKE.value else 512
+  num_steps = 6 if _SMOKE.value else 300
+  workers = _INPUT_WORKERS.value or os.cpu_count() or 1
+  overrides = [f"--config.data.data_dir={data_dir}", f"--config.batch_size={batch}",
+               f"--config.eval_batch_size={batch}", f"--config.num_train_steps={num_steps}",
+               "--config.eval_at_end=false", f"--config.eval_every_steps={10 * num_steps}",
+               f"--config.log_every_steps={max(1, num_steps // 6)}",
+               f"--config.checkpoint_every_steps={num_steps}",
+               f"--config.data.num_workers={0 if _SMOKE.value else workers}"]
+  overrides += SMOKE_MODEL if _SMOKE.value else ["--config.model.dtype=bfloat16",
+                                                  "--config.model.image_size=227"]
+  run = _main_run(scratch / "e2e_raw", "imagenet.py", overrides,
+                  cache=str(scratch / "cache_e2e_raw"))
+  rates = [r["train/images_per_sec"] for r in run["records"] if "train/images_per_sec" in r]
+  steady = rates[1:] or rates
+  record = {"section": "end_to_end_raw", "batch": batch, "steps": num_steps,
+            "workers": workers, "returncode": run["returncode"],
+            "images_per_sec": round(sum(steady) / len(steady), 1) if steady else None}
+  step = [s for s in steps if s["variant"] == "paper" and s["chosen_by_auto"]
+          and s["batch"] == batch and not _SMOKE.value]
+  if step and record["images_per_sec"]:
+    record["over_step_alone"] = round(record["images_per_sec"] / step[0]["images_per_sec"], 3)
+  if run["returncode"]:
+    record["log_tail"] = run["log_tail"]
+  _emit(record)
+
+
 def main(argv):
   del argv
   unknown = sorted(set(_SECTIONS.value) - set(SECTIONS))
@@ -331,6 +413,10 @@ def main(argv):
     timed("fashion_mnist", section_fashion_mnist, scratch)
   if "proxy" in _SECTIONS.value:
     timed("proxy", section_proxy, scratch)
+  if "input" in _SECTIONS.value:
+    timed("input", section_input, scratch)
+  if "end_to_end_raw" in _SECTIONS.value:
+    timed("end_to_end_raw", section_end_to_end_raw, scratch, steps)
   _emit({"section": "done", "seconds": round(time.time() - started, 1),
          "seconds_per_section": seconds})
   if not _WORKDIR.value:

@@ -19,7 +19,7 @@ def test_the_gpu_suite_smoke_runs_every_section(tmp_path):
   records = [json.loads(line) for line in out.read_text().splitlines()]
   sections = [r["section"] for r in records]
   for section in ("environment", "step", "torch", "end_to_end", "startup", "fashion_mnist",
-                  "proxy", "done"):
+                  "proxy", "input", "end_to_end_raw", "done"):
     assert section in sections, section
   for record in records:
     assert record.get("returncode", 0) == 0, record
@@ -28,3 +28,7 @@ def test_the_gpu_suite_smoke_runs_every_section(tmp_path):
   assert any(r["chosen_by_auto"] for r in steps) and any(r["kernels"] == "plain" for r in steps)
   startup = {r["cache"]: r for r in records if r["section"] == "startup"}
   assert startup["cold"]["first_logged_step_s"] and startup["warm"]["first_logged_step_s"]
+  inputs = {r["storage"]: r for r in records if r["section"] == "input"}
+  assert inputs["jpeg256"]["images_per_sec"] > 0 and inputs["raw256"]["images_per_sec"] > 0
+  raw_run = [r for r in records if r["section"] == "end_to_end_raw"]
+  assert raw_run[0]["images_per_sec"] > 0
