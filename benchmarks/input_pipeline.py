@@ -450,7 +450,7 @@ def compare_decode(config, folder_dir: str, tmp: str, description: dict) -> None
 
 def main(argv) -> None:
   del argv
-  # This process loads batches as a Grain worker does (data/device.py: init_worker), with
+  # This process loads batches as a Grain worker does (data/pipeline.py: init_worker), with
   # the same allocator setting; garbage collection is frozen by pipeline.to_iterator.
   from alexnet_jax.runtime import host_memory
   host_memory.keep_freed_memory()

@@ -12,8 +12,6 @@ handed out so far, this process only) instead of popping it from the batch thems
 
 from __future__ import annotations
 
-import functools
-import os
 import threading
 import time
 from typing import Any, Iterator
@@ -24,32 +22,6 @@ from grain import experimental as grain_experimental
 
 from alexnet_jax import sharding
 from alexnet_jax.data import pipeline
-from alexnet_jax.runtime import host_memory
-
-# How often a Grain worker checks that the trainer that started it is still alive (seconds).
-PARENT_POLL_S = 1.0
-
-
-def _watch_parent(parent: int) -> None:
-  while True:
-    if os.getppid() != parent:  # re-parented: the trainer is gone (kill -9, OOM killer)
-      os._exit(1)
-    time.sleep(PARENT_POLL_S)
-
-
-def init_worker(worker_index: int, worker_count: int, *, parent: int) -> None:
-  """Grain `worker_init_fn` (bind `parent`, the PID of the process that starts the workers,
-  with functools.partial): the worker exits within PARENT_POLL_S of that process's death,
-  or at once if it died while the worker was starting, instead of living on, re-parented to
-  PID 1, with its memory and /dev/shm segments. Its allocator keeps freed memory
-  (`host_memory.keep_freed_memory`) and its imports are exempted from garbage collection
-  (`pipeline.freeze_gc`): ~20% and ~10-25% of an example's time."""
-  del worker_index, worker_count
-  threading.Thread(target=_watch_parent, args=(parent,), name="exit-with-parent",
-                   daemon=True).start()
-  host_memory.keep_freed_memory()
-  pipeline.freeze_gc()
-
 
 class _ToDevice:
   """Picklable map: host batch -> (global device batch, skipped count of its rows)."""
@@ -78,11 +50,7 @@ class DeviceBatches(Iterator[dict[str, Any]]):
     self.batch_size = batch_size  # global
     pipeline.freeze_gc()  # this process loads the batches when num_workers=0
     self._length = len(dataset)
-    iter_ds = dataset.to_iter_dataset(grain.ReadOptions(
-        num_threads=max(1, host_prefetch), prefetch_buffer_size=host_prefetch))
-    if num_workers > 0:
-      iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
-                                    worker_init_fn=functools.partial(init_worker, parent=os.getpid()))
+    iter_ds = pipeline.loaded(dataset, num_workers=num_workers, prefetch_batches=host_prefetch)
     iter_ds = iter_ds.map(_ToDevice(mesh))
     if device_prefetch > 0:
       iter_ds = grain_experimental.ThreadPrefetchIterDataset(

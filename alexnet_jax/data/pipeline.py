@@ -19,13 +19,17 @@ import functools
 import gc
 import logging
 import math
+import os
 import sys
+import threading
+import time
 from typing import Any, Callable, Protocol
 
 import grain
 import numpy as np
 
 from alexnet_jax.errors import UserError
+from alexnet_jax.runtime import host_memory
 
 Example = dict[str, np.ndarray]
 # transform(record, u) -> {'image': uint8 array, 'label': int}; u: the example's
@@ -223,6 +227,31 @@ def eval_dataset(source: RandomAccessSource, transform: Transform, *, global_bat
   return grain.MapDataset.range(num_batches).map(loader)
 
 
+# How often a Grain worker checks that the trainer that started it is still alive (seconds).
+PARENT_POLL_S = 1.0
+
+
+def _watch_parent(parent: int) -> None:
+  while True:
+    if os.getppid() != parent:  # re-parented: the trainer is gone (kill -9, OOM killer)
+      os._exit(1)
+    time.sleep(PARENT_POLL_S)
+
+
+def init_worker(worker_index: int, worker_count: int, *, parent: int) -> None:
+  """Grain `worker_init_fn` (bind `parent`, the PID of the process that starts the workers,
+  with functools.partial): the worker exits within PARENT_POLL_S of that process's death,
+  or at once if it died while the worker was starting, instead of living on, re-parented to
+  PID 1, with its memory and /dev/shm segments. Its allocator keeps freed memory
+  (`host_memory.keep_freed_memory`) and its imports are exempted from garbage collection
+  (`freeze_gc`): ~20% and ~10-25% of an example's time."""
+  del worker_index, worker_count
+  threading.Thread(target=_watch_parent, args=(parent,), name="exit-with-parent",
+                   daemon=True).start()
+  host_memory.keep_freed_memory()
+  freeze_gc()
+
+
 _gc_frozen = False
 
 
@@ -242,13 +271,22 @@ def freeze_gc() -> None:
     gc.freeze()
 
 
-def to_iterator(dataset: grain.MapDataset, *, num_workers: int,
-                prefetch_batches: int) -> grain.DatasetIterator:
-  """Host batches (numpy) of `dataset`, loaded by `num_workers` processes: for benchmarks and
-  tools that read batches on the host. The trainer uses `data.device.DeviceBatches`."""
-  freeze_gc()
+def loaded(dataset: grain.MapDataset, *, num_workers: int,
+           prefetch_batches: int) -> grain.IterDataset:
+  """`dataset` loaded ahead by `prefetch_batches` threads in each of `num_workers` Grain
+  worker processes (0: threads of this process), each worker set up by `init_worker`."""
   iter_ds = dataset.to_iter_dataset(
       grain.ReadOptions(num_threads=max(1, prefetch_batches), prefetch_buffer_size=prefetch_batches))
   if num_workers > 0:
-    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return iter(iter_ds)
+    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                                  worker_init_fn=functools.partial(init_worker,
+                                                                   parent=os.getpid()))
+  return iter_ds
+
+
+def to_iterator(dataset: grain.MapDataset, *, num_workers: int,
+                prefetch_batches: int) -> grain.DatasetIterator:
+  """Host batches (numpy) of `dataset` (see `loaded`): for benchmarks and tools that read
+  batches on the host. The trainer uses `data.device.DeviceBatches`."""
+  freeze_gc()
+  return iter(loaded(dataset, num_workers=num_workers, prefetch_batches=prefetch_batches))
