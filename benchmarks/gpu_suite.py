@@ -328,9 +328,10 @@ def section_input(scratch: pathlib.Path) -> None:
             f"--num_images={images}", f"--num_unique_images={min(images, 256)}",
             "--prefetch_batches=1", "--wait_for_idle_s=0", "--retries=0",
             f"--batch_size={16 if _SMOKE.value else 256}",
-            f"--num_batches={2 if _SMOKE.value else 16}",
+            f"--num_batches={1 if _SMOKE.value else 16}",
             "--workers=1" if _SMOKE.value else "--worker_sweep"]
-  for storage in ("arrayrecord", "raw"):
+  # --smoke: raw only (the JPEG arm differs by a flag), to keep the test suite short.
+  for storage in ("raw",) if _SMOKE.value else ("arrayrecord", "raw"):
     extra = ["--storage=raw"] if storage == "raw" else ["--storage=arrayrecord",
                                                          "--resize_shorter=256"]
     lines, returncode, tail = _benchmark_lines(common + extra)
@@ -347,14 +348,24 @@ def section_input(scratch: pathlib.Path) -> None:
 def section_end_to_end_raw(scratch: pathlib.Path, steps: list[dict]) -> None:
   images = 48 if _SMOKE.value else _INPUT_IMAGES.value
   folder, data_dir = scratch / "raw_folder", scratch / "raw_build"
-  make = ("import pathlib, sys; sys.path.insert(0, 'benchmarks'); import input_pipeline as ip; "
-          f"ip.make_benchmark_dataset(pathlib.Path({str(folder)!r}), num_images={images}, "
-          f"num_unique={min(images, 256)}, width=500, height=375, quality=90, num_val=64)")
+  # One process generates the photos and prepares the raw build (input_pipeline.pack, i.e.
+  # prepare --format=raw with the host's cores).
+  make = ("import pathlib, sys; sys.path.insert(0, 'benchmarks'); import input_pipeline as ip\n"
+          "if __name__ == '__main__':\n"
+          f"  folder = ip.make_benchmark_dataset(pathlib.Path({str(folder)!r}), "
+          f"num_images={images}, num_unique={min(images, 256)}, width=500, height=375, "
+          "quality=90, num_val=64)\n"
+          f"  ip.pack(str(folder), {str(data_dir)!r}, 0, storage_format='raw')\n")
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  subprocess.run([sys.executable, "-c", make], cwd=REPO, env=env, check=True, timeout=600)
-  subprocess.run([sys.executable, "-m", "alexnet_jax.prepare", f"--folder_dir={folder}",
-                  f"--data_dir={data_dir}", "--format=raw"], cwd=REPO, env=env, check=True,
-                 timeout=600, capture_output=True)
+  scratch.mkdir(parents=True, exist_ok=True)
+  script = scratch / "make_raw_build.py"
+  script.write_text(make)
+  made = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, timeout=900,
+                        capture_output=True, text=True)
+  if made.returncode:  # reported, and the suite goes on to its next section
+    _emit({"section": "end_to_end_raw", "returncode": made.returncode,
+           "stderr_tail": made.stderr[-1500:]})
+    return
   batch = 8 if _SMOKE.value else 512
   num_steps = 6 if _SMOKE.value else 300
   workers = _INPUT_WORKERS.value or os.cpu_count() or 1

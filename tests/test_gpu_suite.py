@@ -29,6 +29,6 @@ def test_the_gpu_suite_smoke_runs_every_section(tmp_path):
   startup = {r["cache"]: r for r in records if r["section"] == "startup"}
   assert startup["cold"]["first_logged_step_s"] and startup["warm"]["first_logged_step_s"]
   inputs = {r["storage"]: r for r in records if r["section"] == "input"}
-  assert inputs["jpeg256"]["images_per_sec"] > 0 and inputs["raw256"]["images_per_sec"] > 0
+  assert inputs["raw256"]["images_per_sec"] > 0  # --smoke: raw only
   raw_run = [r for r in records if r["section"] == "end_to_end_raw"]
   assert raw_run[0]["images_per_sec"] > 0
