@@ -2,14 +2,18 @@
 
 The order of examples is a function of the seed and the global step alone. Indices are shuffled
 over the whole split (a new permutation each epoch), cut into *global* batches, and each process
-loads only its own rows of each global batch. Per-example augmentation is seeded by the
-example's position in that global stream. So one process with 8 devices and 2 processes with 4
+loads only its own rows of each global batch. A transform's random numbers (the crop) are
+drawn per global batch from (seed, batch index), each row taking its own. So one process with 8 devices and 2 processes with 4
 devices each train on exactly the same global batches, and a resumed run sees exactly the
 batches it would have seen.
 
 Evaluation walks the split once in global batches; the last batch is padded by repeating real
 examples, and a `mask` marks which rows count, so every example counts exactly once on any
 number of processes and devices.
+
+The loader processes (`init_worker`, `freeze_gc`, `loaded`) are set up here too: they exit
+with the trainer, keep freed memory, exempt their imports from garbage collection, and build
+their batches in Grain's shared memory.
 """
 
 from __future__ import annotations
