@@ -35,8 +35,9 @@ def run_eval(exp: Experiment, params: Any, batch_stats: Any = None, *,
   'eval/seconds'} of `params` (and alexnet_bn's running `batch_stats`; None for none) on the
   eval split. ten_crop: the view (None: `data.ten_crop`). view_counts: a report.ViewCounts
   that also receives every counted row's top-5. batches: the pass's `DeviceBatches` when
-  already started (hooks.EvalPrestart), else made here; closed here. Loss and accuracies are float64 host sums
-  divided by the count, exact for any split size. Raises RuntimeError if nothing was readable.
+  already started (hooks.EvalPrestart), else made here; closed here. Loss and accuracies are
+  float64 host sums divided by the count, exact for any split size. Raises RuntimeError if
+  nothing was readable.
   """
   batch_stats = {} if batch_stats is None else batch_stats
   totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "num_examples": 0.0}

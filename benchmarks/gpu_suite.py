@@ -245,9 +245,16 @@ def section_end_to_end(scratch: pathlib.Path, steps: list[dict]) -> None:
   overrides += SMOKE_MODEL if _SMOKE.value else ["--config.model.dtype=bfloat16",
                                                   "--config.model.image_size=227"]
   run = _main_run(scratch / "e2e", "synthetic.py", overrides, cache=str(scratch / "cache_e2e"))
+  _emit_end_to_end("end_to_end", run, batch, num_steps, steps)
+
+
+def _emit_end_to_end(section: str, run: dict, batch: int, num_steps: int, steps: list[dict],
+                     **extra) -> None:
+  """One record: the run's steady images/s (logged windows after the first, which includes
+  the run-up) and its ratio to the paper step at the same batch from the step section."""
   rates = [r["train/images_per_sec"] for r in run["records"] if "train/images_per_sec" in r]
-  steady = rates[1:] or rates  # the first window includes the run-up
-  record = {"section": "end_to_end", "batch": batch, "steps": num_steps,
+  steady = rates[1:] or rates
+  record = {"section": section, "batch": batch, "steps": num_steps, **extra,
             "returncode": run["returncode"],
             "images_per_sec": round(sum(steady) / len(steady), 1) if steady else None}
   step = [s for s in steps if s["variant"] == "paper" and s["chosen_by_auto"]
@@ -379,18 +386,7 @@ def section_end_to_end_raw(scratch: pathlib.Path, steps: list[dict]) -> None:
                                                   "--config.model.image_size=227"]
   run = _main_run(scratch / "e2e_raw", "imagenet.py", overrides,
                   cache=str(scratch / "cache_e2e_raw"))
-  rates = [r["train/images_per_sec"] for r in run["records"] if "train/images_per_sec" in r]
-  steady = rates[1:] or rates
-  record = {"section": "end_to_end_raw", "batch": batch, "steps": num_steps,
-            "workers": workers, "returncode": run["returncode"],
-            "images_per_sec": round(sum(steady) / len(steady), 1) if steady else None}
-  step = [s for s in steps if s["variant"] == "paper" and s["chosen_by_auto"]
-          and s["batch"] == batch and not _SMOKE.value]
-  if step and record["images_per_sec"]:
-    record["over_step_alone"] = round(record["images_per_sec"] / step[0]["images_per_sec"], 3)
-  if run["returncode"]:
-    record["log_tail"] = run["log_tail"]
-  _emit(record)
+  _emit_end_to_end("end_to_end_raw", run, batch, num_steps, steps, workers=workers)
 
 
 def main(argv):

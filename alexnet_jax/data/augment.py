@@ -45,7 +45,8 @@ class Augment:
 def colour_shift(alpha: jax.Array) -> jax.Array:
   """float32 (B, 3) coefficients alpha -> (B, 3) RGB shifts in 0-255 units,
   sum_i alpha_i lambda_i p_i * 255."""
-  basis = jnp.asarray(PCA_EIGVEC * PCA_EIGVAL[None, :] * 255.0, jnp.float32)  # column i: lambda_i p_i
+  # Column i: lambda_i p_i in 0-255 units.
+  basis = jnp.asarray(PCA_EIGVEC * PCA_EIGVAL[None, :] * 255.0, jnp.float32)
   return alpha @ basis.T
 
 

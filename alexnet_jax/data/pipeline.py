@@ -3,9 +3,9 @@
 The order of examples is a function of the seed and the global step alone. Indices are shuffled
 over the whole split (a new permutation each epoch), cut into *global* batches, and each process
 loads only its own rows of each global batch. A transform's random numbers (the crop) are
-drawn per global batch from (seed, batch index), each row taking its own. So one process with 8 devices and 2 processes with 4
-devices each train on exactly the same global batches, and a resumed run sees exactly the
-batches it would have seen.
+drawn per global batch from (seed, batch index), each row taking its own. So one process with
+8 devices and 2 processes with 4 devices each train on exactly the same global batches, and a
+resumed run sees exactly the batches it would have seen.
 
 Evaluation walks the split once in global batches; the last batch is padded by repeating real
 examples, and a `mask` marks which rows count, so every example counts exactly once on any
@@ -301,8 +301,8 @@ def loaded(dataset: grain.MapDataset, *, num_workers: int,
            prefetch_batches: int) -> grain.IterDataset:
   """`dataset` loaded ahead by `prefetch_batches` threads in each of `num_workers` Grain
   worker processes (0: threads of this process), each worker set up by `init_worker`."""
-  iter_ds = dataset.to_iter_dataset(
-      grain.ReadOptions(num_threads=max(1, prefetch_batches), prefetch_buffer_size=prefetch_batches))
+  iter_ds = dataset.to_iter_dataset(grain.ReadOptions(
+      num_threads=max(1, prefetch_batches), prefetch_buffer_size=prefetch_batches))
   if num_workers > 0:
     iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
                                   worker_init_fn=functools.partial(init_worker,
