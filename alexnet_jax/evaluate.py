@@ -28,6 +28,14 @@ PROGRESS_DELAY_S = 5.0
 PROGRESS_LOG_S = 30.0
 
 
+def _view_text(exp: Experiment, ten_crop: bool | None) -> str:
+  """', 10 crops each' or ', centre crop' for sources with crops (ImageNet), else ''."""
+  if not exp.info.has_crops:
+    return ""
+  ten = bool(exp.config.data.ten_crop) if ten_crop is None else ten_crop
+  return ", 10 crops each" if ten else ", centre crop"
+
+
 def run_eval(exp: Experiment, params: Any, batch_stats: Any = None, *,
              ten_crop: bool | None = None, view_counts: Any = None,
              batches: Any = None) -> dict[str, float]:
@@ -46,8 +54,8 @@ def run_eval(exp: Experiment, params: Any, batch_stats: Any = None, *,
     batches = exp.eval_batches(ten_crop)
   num_batches = len(batches)
   if jax.process_index() == 0:
-    logging.info("Evaluating %d images (%d batches of %d)...", exp.eval_split.num_examples,
-                 num_batches, batches.batch_size)
+    logging.info("Evaluating %d images%s (%d batches of %d)...", exp.eval_split.num_examples,
+                 _view_text(exp, ten_crop), num_batches, batches.batch_size)
   chief = jax.process_index() == 0
   # A bar on a terminal; in a log file (no terminal) a line every PROGRESS_LOG_S instead.
   on_terminal = sys.stderr.isatty()
@@ -128,8 +136,12 @@ def evaluate_checkpoint(exp: Experiment, workdir: str | pathlib.Path) -> dict[st
     if exp.info.has_crops:  # the other view of the report, one more pass
       other = not default_view
       counted[other] = report.ViewCounts.zeros(exp.config.model.num_classes)
-      run_eval(exp, params, batch_stats, ten_crop=other, view_counts=counted[other])
+      other_metrics = run_eval(exp, params, batch_stats, ten_crop=other,
+                               view_counts=counted[other])
+      logging.info("Step %d%s: top1 %.4f top5 %.4f (%d examples).", step,
+                   _view_text(exp, other), other_metrics["eval/top1"],
+                   other_metrics["eval/top5"], other_metrics["eval/num_examples"])
     path = report.write_report(exp.config, exp.info, workdir, step, counted)
-    logging.info("Wrote %s (and eval_report.json when it is the newest step).", path)
+    logging.info("Wrote the report %s; eval_report.json is a copy of the newest step's.", path)
     result["eval_report"] = str(path)
   return result

@@ -239,7 +239,9 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
   last_saved = step if checkpointer.latest_step() == step else None
   timing_start = timing_from = None  # for the ETA: wall time from the end of the first step
   first_step = step + 1
-  log(f"Training {exp.total_steps} steps ({exp.steps_per_epoch} per epoch, global batch "
+  to_go = (f"{exp.total_steps} steps" if step == 0 else
+           f"steps {step + 1}-{exp.total_steps} of {exp.total_steps}")
+  log(f"Training {to_go} ({exp.steps_per_epoch} per epoch, global batch "
       f"{config.batch_size}) in {workdir}.")
   batches = exp.train_batches(start_step=step)
   eval_prestart = hooks.EvalPrestart(exp)

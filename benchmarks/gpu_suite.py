@@ -3,7 +3,7 @@ H100/H200; not yet run on one: the first run's `done` line gives the time of eac
 `--sections` splits it over two calls if it is longer).
 
   python benchmarks/gpu_suite.py --out=benchmarks/results/gpu_suite_h200.jsonl
-  python benchmarks/gpu_suite.py --smoke          # on a CPU, in about a minute: checks it runs
+  python benchmarks/gpu_suite.py --smoke          # on a CPU, in about 2 minutes: checks it runs
 
 Prints one JSON line per measurement (also appended to --out), each with `section`, and
 `images_per_sec` for throughput lines. Sections, in order (--sections to choose):
@@ -346,7 +346,7 @@ def section_input(scratch: pathlib.Path) -> None:
       _emit({"section": "input", "storage": "raw256" if storage == "raw" else "jpeg256",
              "workers": line["workers"], "images_per_sec": line["images_per_sec"],
              "images_per_sec_per_process": line["images_per_sec_per_process"],
-             "cpu_cores_used": line["cpu_cores_used"], "jpeg_decoder": line["jpeg_decoder"]})
+             "cpu_cores_used": line["cpu_cores_used"], "jpeg_decoder": line.get("jpeg_decoder")})
     if returncode or not lines:
       _emit({"section": "input", "storage": storage, "returncode": returncode,
              "stderr_tail": tail})
@@ -375,13 +375,13 @@ def section_end_to_end_raw(scratch: pathlib.Path, steps: list[dict]) -> None:
     return
   batch = 8 if _SMOKE.value else 512
   num_steps = 6 if _SMOKE.value else 300
-  workers = _INPUT_WORKERS.value or os.cpu_count() or 1
+  workers = 0 if _SMOKE.value else _INPUT_WORKERS.value or os.cpu_count() or 1
   overrides = [f"--config.data.data_dir={data_dir}", f"--config.batch_size={batch}",
                f"--config.eval_batch_size={batch}", f"--config.num_train_steps={num_steps}",
                "--config.eval_at_end=false", f"--config.eval_every_steps={10 * num_steps}",
                f"--config.log_every_steps={max(1, num_steps // 6)}",
                f"--config.checkpoint_every_steps={num_steps}",
-               f"--config.data.num_workers={0 if _SMOKE.value else workers}"]
+               f"--config.data.num_workers={workers}"]
   overrides += SMOKE_MODEL if _SMOKE.value else ["--config.model.dtype=bfloat16",
                                                   "--config.model.image_size=227"]
   run = _main_run(scratch / "e2e_raw", "imagenet.py", overrides,

@@ -321,9 +321,10 @@ def run_one(config, workers: int, description: dict) -> dict:
           "batch_size": config.batch_size,
           "threads_per_process": max(1, config.data.prefetch_batches),
           "train_transform": config.data.train_transform,
-          "jpeg_draft": config.data.jpeg_draft, "jpeg_decoder": config.data.jpeg_decoder,
           "resize_size": config.data.resize_size, **description,
           "note": FLAGS.note, "machine": machine()}
+  if "raw" not in str(description.get("storage")):  # raw storage decodes nothing
+    line.update(jpeg_draft=config.data.jpeg_draft, jpeg_decoder=config.data.jpeg_decoder)
   emit(line)
   return line
 
@@ -484,8 +485,9 @@ def main(argv) -> None:
       if FLAGS.storage in ("arrayrecord", "raw"):
         data_dir = pack(data_dir, str(pathlib.Path(tmp) / "tfds"), FLAGS.resize_shorter,
                         storage_format="raw" if FLAGS.storage == "raw" else "jpeg")
-        description["storage"] = "arrayrecord"
-        description["stored_resize_shorter"] = FLAGS.resize_shorter
+        description["storage"] = FLAGS.storage
+        if FLAGS.storage == "arrayrecord":
+          description["stored_resize_shorter"] = FLAGS.resize_shorter
       else:
         description["storage"] = "folder"
     config.data.data_dir = data_dir
@@ -501,8 +503,8 @@ def pack(folder_dir: str, out_dir: str, resize_shorter: int, storage_format: str
                                                                    format=storage_format),
                              num_workers=os.cpu_count() or 1, origin=folder_dir,
                              progress=False)
-  print(json.dumps({"benchmark": "prepare", "format": storage_format,
-                    "resize_shorter": resize_shorter,
+  stored = {"side": 256} if storage_format == "raw" else {"resize_shorter": resize_shorter}
+  print(json.dumps({"benchmark": "prepare", "format": storage_format, **stored,
                     "seconds": round(time.perf_counter() - started, 1)}), file=sys.stderr)
   return out_dir
 

@@ -229,11 +229,13 @@ def tfds_split_and_storage(data_dir: str, split: str) -> tuple[Any, dict[str, An
   return source, storage
 
 
+@functools.lru_cache(maxsize=None)  # once per build and process: each split opens it
 def _log_prepare_info(version_dir: pathlib.Path) -> None:
-  prepare_info = version_dir / PREPARE_INFO_FILE
-  if prepare_info.is_file():
-    logging.info("ImageNet in %s was written by alexnet_jax.tools.prepare: %s", version_dir,
-                 prepare_info.read_text().strip())
+  info = prepare_info(version_dir)
+  if info:
+    logging.info("ImageNet in %s: %s (%s)", version_dir, info.get("description", "?"),
+                 ", ".join(f"{split} {count}" for split, count in
+                           info.get("num_examples", {}).items()))
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import gc
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -266,12 +267,16 @@ def init_worker(worker_index: int, worker_count: int, *, parent: int) -> None:
   """Grain `worker_init_fn` (bind `parent`, the PID of the process that starts the workers,
   with functools.partial): the worker exits within PARENT_POLL_S of that process's death,
   or at once if it died while the worker was starting, instead of living on, re-parented to
-  PID 1, with its memory and /dev/shm segments. Its allocator keeps freed memory
+  PID 1, with its memory and /dev/shm segments. It ignores SIGINT (the trainer handles
+  Ctrl-C and closes its workers). Its allocator keeps freed memory
   (`host_memory.keep_freed_memory`) and its imports are exempted from garbage collection
   (`freeze_gc`): ~20% and ~10-25% of an example's time."""
   global _in_worker
   del worker_index, worker_count
   _in_worker = True
+  # Ctrl-C reaches the whole process group: the trainer stops cleanly and closes its workers;
+  # a worker's own KeyboardInterrupt would only print a traceback.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   threading.Thread(target=_watch_parent, args=(parent,), name="exit-with-parent",
                    daemon=True).start()
   host_memory.keep_freed_memory()

@@ -442,13 +442,13 @@ def finish_dataset(data_dir: str, work_dir: str, results: Sequence[ShardResult],
 def _describe(options: StoreOptions) -> str:
   if options.format == raw.FORMAT:
     side = options.raw_side
-    return (f"Written by alexnet_jax.tools.prepare: raw storage, the central {side}x{side} "
+    return (f"Written by alexnet_jax.prepare: raw storage, the central {side}x{side} "
             f"patch after scaling the shorter side to {side}, as uint8 RGB ({side}x{side}x3 = "
             f"{raw.record_bytes(side)} bytes in each record's image field).")
   if options.resize_shorter > 0:
-    return (f"Written by alexnet_jax.tools.prepare: images resized to shorter side "
+    return (f"Written by alexnet_jax.prepare: images resized to shorter side "
             f"{options.resize_shorter} and stored as JPEG quality {options.jpeg_quality}.")
-  return "Written by alexnet_jax.tools.prepare: original image files, unchanged."
+  return "Written by alexnet_jax.prepare: original image files, unchanged."
 
 
 def _write_prepare_info(work_dir: str, results: Sequence[ShardResult], options: StoreOptions,
