@@ -484,6 +484,19 @@ def check_options(options: StoreOptions) -> None:
   transforms.resolve_decoder(options.decoder)
 
 
+def check_no_build(data_dir: str, overwrite: bool) -> pathlib.Path:
+  """The version directory a build in `data_dir` goes to; raises BuildExistsError when
+  data_dir already holds an imagenet2012 build of any version and not `overwrite`."""
+  import tensorflow_datasets as tfds
+  version_dir = pathlib.Path(tfds.builder(imagenet.TFDS_NAME, data_dir=data_dir).data_dir)
+  existing = imagenet.prepared_tfds_versions(data_dir)
+  if (existing or version_dir.exists()) and not overwrite:
+    found = version_dir if version_dir.exists() else version_dir.parent / existing[-1]
+    raise BuildExistsError(f"{found} already holds a build; pass --overwrite to replace it, "
+                           "or choose another --data_dir.")
+  return version_dir
+
+
 def write_tfds_dataset(shards: Sequence[Shard], data_dir: str, options: StoreOptions, *,
                        num_workers: int = 0, origin: str = "", overwrite: bool = False,
                        progress: bool = True) -> pathlib.Path:
@@ -494,14 +507,9 @@ def write_tfds_dataset(shards: Sequence[Shard], data_dir: str, options: StoreOpt
   already holds an imagenet2012 build of any version and not `overwrite`; with `overwrite`
   the old build is removed only once the new one is complete.
   """
-  import tensorflow_datasets as tfds
   check_options(options)
-  version_dir = pathlib.Path(tfds.builder(imagenet.TFDS_NAME, data_dir=data_dir).data_dir)
+  version_dir = check_no_build(data_dir, overwrite)
   existing = imagenet.prepared_tfds_versions(data_dir)
-  if (existing or version_dir.exists()) and not overwrite:
-    found = version_dir if version_dir.exists() else version_dir.parent / existing[-1]
-    raise BuildExistsError(f"{found} already holds a build; pass --overwrite to replace it, "
-                           "or choose another --data_dir.")
   if overwrite:  # older versions would shadow or be shadowed by the new one: clear them too
     for version in existing:
       if version != version_dir.name:
@@ -573,6 +581,7 @@ def main(argv: Sequence[str]) -> int:
                          raw_side=FLAGS.resize_shorter if FLAGS.resize_shorter > 0 else raw.SIDE,
                          decoder=FLAGS.jpeg_decoder)
   check_options(options)
+  check_no_build(FLAGS.data_dir, FLAGS.overwrite)  # before listing a source of 1.3M files
   if FLAGS.tars_dir:
     shards, origin = plan_tars(FLAGS.tars_dir, FLAGS.examples_per_shard), FLAGS.tars_dir
   else:
