@@ -288,7 +288,7 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
                           hooks.global_sum(batches.batches * config.batch_size
                                            // jax.process_count()))
 
-      if step % exp.eval_every_steps == 0 or (is_last and config.eval_at_end):
+      if hooks.evaluates_at(step, exp.eval_every_steps, exp.total_steps, config.eval_at_end):
         eval_metrics = evaluate.run_eval(exp, state["params"], state["batch_stats"],
                                          batches=eval_prestart.take())
         meter.exclude(eval_metrics["eval/seconds"])  # images/s is the training rate

@@ -204,13 +204,18 @@ def section_torch(steps: list[dict]) -> None:
 # runs of the command line
 
 
+def _subprocess_env() -> dict[str, str]:
+  """The environment of the suite's subprocesses: the working tree importable (no install)."""
+  return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
 def _main_run(workdir: pathlib.Path, config: str, overrides: list[str], *, cache: str,
               timeout: int = 900) -> dict:
   """Runs python -m alexnet_jax.main; returns wall time, time to the first logged step, the
   metrics records and the return code."""
   command = [sys.executable, "-m", "alexnet_jax.main", f"--config={REPO / 'configs' / config}",
              f"--workdir={workdir}", f"--config.compilation_cache_dir={cache}", *overrides]
-  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = _subprocess_env()
   started = time.time()
   process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -322,7 +327,7 @@ def section_proxy(scratch: pathlib.Path) -> None:
 
 def _benchmark_lines(command: list[str], timeout: int = 900) -> tuple[list[dict], int, str]:
   """(JSON lines printed, return code, stderr tail) of a benchmarks/ script run."""
-  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = _subprocess_env()
   run = subprocess.run([sys.executable, *command], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=timeout)
   lines = [json.loads(x) for x in run.stdout.splitlines() if x.startswith("{")]
@@ -363,7 +368,7 @@ def section_end_to_end_raw(scratch: pathlib.Path, steps: list[dict]) -> None:
           f"num_images={images}, num_unique={min(images, 256)}, width=500, height=375, "
           "quality=90, num_val=64)\n"
           f"  ip.pack(str(folder), {str(data_dir)!r}, 0, storage_format='raw')\n")
-  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = _subprocess_env()
   scratch.mkdir(parents=True, exist_ok=True)
   script = scratch / "make_raw_build.py"
   script.write_text(make)

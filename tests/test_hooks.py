@@ -60,6 +60,10 @@ def test_next_eval_step():
   assert hooks.next_eval_step(30, 10, 35, at_end=True) == 35
   assert hooks.next_eval_step(30, 10, 35, at_end=False) is None
   assert hooks.next_eval_step(35, 10, 35, at_end=True) is None
+  for at_end in (True, False):  # the loop's test: a multiple of `every`, or the last step
+    for step in range(1, 36):
+      assert hooks.evaluates_at(step, 10, 35, at_end) == (step % 10 == 0 or (
+          step == 35 and at_end)), (step, at_end)
 
 
 class FakeBatches:

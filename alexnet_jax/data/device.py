@@ -48,7 +48,6 @@ class DeviceBatches(Iterator[dict[str, Any]]):
   def __init__(self, dataset: grain.MapDataset, mesh, *, batch_size: int, num_workers: int,
                host_prefetch: int, device_prefetch: int):
     self.batch_size = batch_size  # global
-    pipeline.freeze_gc()  # this process loads the batches when num_workers=0
     self._length = len(dataset)
     iter_ds = pipeline.loaded(dataset, num_workers=num_workers, prefetch_batches=host_prefetch)
     iter_ds = iter_ds.map(_ToDevice(mesh))

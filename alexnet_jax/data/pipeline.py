@@ -305,7 +305,9 @@ def freeze_gc() -> None:
 def loaded(dataset: grain.MapDataset, *, num_workers: int,
            prefetch_batches: int) -> grain.IterDataset:
   """`dataset` loaded ahead by `prefetch_batches` threads in each of `num_workers` Grain
-  worker processes (0: threads of this process), each worker set up by `init_worker`."""
+  worker processes (0: threads of this process), each worker set up by `init_worker`; this
+  process's garbage collection is frozen too (it loads the batches when num_workers=0)."""
+  freeze_gc()
   iter_ds = dataset.to_iter_dataset(grain.ReadOptions(
       num_threads=max(1, prefetch_batches), prefetch_buffer_size=prefetch_batches))
   if num_workers > 0:
@@ -319,5 +321,4 @@ def to_iterator(dataset: grain.MapDataset, *, num_workers: int,
                 prefetch_batches: int) -> grain.DatasetIterator:
   """Host batches (numpy) of `dataset` (see `loaded`): for benchmarks and tools that read
   batches on the host. The trainer uses `data.device.DeviceBatches`."""
-  freeze_gc()
   return iter(loaded(dataset, num_workers=num_workers, prefetch_batches=prefetch_batches))

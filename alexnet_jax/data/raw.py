@@ -98,8 +98,7 @@ class RawPaperTrainTransform:
 
   def __call__(self, record, u: np.ndarray):
     size = self.image_size
-    positions = self.side - size + 1  # the offsets of transforms.paper_crop_box
-    dx, dy = transforms.uniform_int(u[0], positions), transforms.uniform_int(u[1], positions)
+    dx, dy = transforms.paper_offsets(u, self.side, size)
     crop = pixels(record, self.side)[dy:dy + size, dx:dx + size]
     return {"image": crop, "label": np.int32(record["label"])}
 

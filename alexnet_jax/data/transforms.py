@@ -288,15 +288,22 @@ def uniform_int(u: float, count: int) -> int:
   return min(int(u * count), count - 1)
 
 
+def paper_offsets(u: np.ndarray, square_size: int, crop_size: int) -> tuple[int, int]:
+  """(dx, dy): the offsets of a uniformly random `crop_size` crop inside a `square_size`
+  square, from 2 uniforms in [0, 1) (horizontal, vertical). Shared by the JPEG and the raw
+  paper transforms, so both storages crop alike for the same uniforms."""
+  positions = square_size - crop_size + 1
+  return uniform_int(u[0], positions), uniform_int(u[1], positions)
+
+
 def paper_crop_box(width: int, height: int, resize_size: int, crop_size: int,
                    u: np.ndarray) -> Box:
   """A uniformly random `crop_size` crop of the central `resize_size` square (the paper);
-  u: 2 uniforms in [0, 1) (horizontal, vertical offset)."""
+  u: 2 uniforms in [0, 1) (see `paper_offsets`)."""
   resized_w, resized_h = resized_size(width, height, resize_size)
   square_left = centre_offset(resized_w, resize_size)
   square_top = centre_offset(resized_h, resize_size)
-  positions = resize_size - crop_size + 1
-  dx, dy = uniform_int(u[0], positions), uniform_int(u[1], positions)
+  dx, dy = paper_offsets(u, resize_size, crop_size)
   return crop_in_resized(width, height, resize_size, square_left + dx, square_top + dy,
                          crop_size)
 
