@@ -140,15 +140,16 @@ def _check_config(config: Any, info: data_lib.DataInfo, mesh: Mesh) -> None:
   finetune.check_config(config)
 
 
-def build(config: Any, mode: str = "train") -> Experiment:
-  """The run of `config` in `mode` ('train' or 'eval'). Raises UserError for config mistakes
-  and missing data (naming the field or directory)."""
+def build(config: Any, mode: str = "train",
+          devices: list[jax.Device] | None = None) -> Experiment:
+  """The run of `config` in `mode` ('train' or 'eval') on `devices` (default: all of them).
+  Raises UserError for config mistakes and missing data (naming the field or directory)."""
   if mode not in MODES:
     raise UserError(f"--mode={mode!r} is not one of {MODES}.")
+  devices = jax.devices() if devices is None else list(devices)
   # config.parallel: data parallelism, the two towers on two devices, FSDP (docs/parallel.md).
-  sharding.check_parallel_config(config.parallel.model, jax.device_count(),
-                                 config.model.variant)
-  mesh = sharding.make_mesh(model_parallel=config.parallel.model)
+  sharding.check_parallel_config(config.parallel.model, len(devices), config.model.variant)
+  mesh = sharding.make_mesh(devices, model_parallel=config.parallel.model)
   eval_split = data_lib.open_split(config, "eval")
   train_split = data_lib.open_split(config, "train") if mode == "train" else None
   info = eval_split.info

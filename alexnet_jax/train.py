@@ -100,7 +100,7 @@ def _restore_latest_readable(exp: Experiment, checkpointer: ckpt_lib.Checkpointe
 
 
 def _init_state(exp: Experiment, log) -> Any:
-  log(f"Initializing {exp.config.model.variant} model ({jax.device_count()} device(s), seed "
+  log(f"Initializing {exp.config.model.variant} model ({exp.mesh.devices.size} device(s), seed "
       f"{exp.config.seed}).")
   state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.mesh,
                                        exp.config.seed)

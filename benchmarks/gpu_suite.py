@@ -234,6 +234,13 @@ def _main_run(workdir: pathlib.Path, config: str, overrides: list[str], *, cache
           "records": records, "log_tail": "".join(lines[-15:])}
 
 
+def _shared_cache(scratch: pathlib.Path) -> str:
+  """The compilation cache of every run but the start-up section's (which needs its own, cold
+  one): a run that compiles what an earlier one did skips XLA. Only first-step times change
+  (the throughputs are taken after the first logged window); --smoke takes half as long."""
+  return str(scratch / "cache")
+
+
 def _last(records: list[dict], key: str):
   values = [r[key] for r in records if key in r]
   return values[-1] if values else None
@@ -249,7 +256,7 @@ def section_end_to_end(scratch: pathlib.Path, steps: list[dict]) -> None:
                f"--config.checkpoint_every_steps={num_steps}", "--config.data.num_workers=0"]
   overrides += SMOKE_MODEL if _SMOKE.value else ["--config.model.dtype=bfloat16",
                                                   "--config.model.image_size=227"]
-  run = _main_run(scratch / "e2e", "synthetic.py", overrides, cache=str(scratch / "cache_e2e"))
+  run = _main_run(scratch / "e2e", "synthetic.py", overrides, cache=_shared_cache(scratch))
   _emit_end_to_end("end_to_end", run, batch, num_steps, steps)
 
 
@@ -293,7 +300,7 @@ def section_fashion_mnist(scratch: pathlib.Path) -> None:
                  "--config.batch_size=8", "--config.eval_at_end=false",
                  "--config.data.num_workers=0"]
   run = _main_run(scratch / "fashion_mnist", "fashion_mnist.py", overrides,
-                  cache=str(scratch / "cache_fm"))
+                  cache=_shared_cache(scratch))
   _emit({"section": "fashion_mnist", "config": "configs/fashion_mnist.py",
          "returncode": run["returncode"], "wall_s": run["wall_s"],
          "test_top1": _last(run["records"], "eval/top1"),
@@ -316,7 +323,7 @@ def section_proxy(scratch: pathlib.Path) -> None:
       overrides += ["--config.num_train_steps=2", "--config.batch_size=8",
                     "--config.eval_at_end=false", "--config.data.num_workers=0", *SMOKE_MODEL]
     run = _main_run(scratch / f"proxy_{init}", "imagenet.py", overrides,
-                    cache=str(scratch / "cache_proxy"))
+                    cache=_shared_cache(scratch))
     losses = {r["step"]: r["train/loss"] for r in run["records"] if "train/loss" in r}
     left = [s for s, loss in sorted(losses.items()) if loss < 0.95 * 2.302585]
     _emit({"section": "proxy", "init": init, "returncode": run["returncode"],
@@ -390,7 +397,7 @@ def section_end_to_end_raw(scratch: pathlib.Path, steps: list[dict]) -> None:
   overrides += SMOKE_MODEL if _SMOKE.value else ["--config.model.dtype=bfloat16",
                                                   "--config.model.image_size=227"]
   run = _main_run(scratch / "e2e_raw", "imagenet.py", overrides,
-                  cache=str(scratch / "cache_e2e_raw"))
+                  cache=_shared_cache(scratch))
   _emit_end_to_end("end_to_end_raw", run, batch, num_steps, steps, workers=workers)
 
 

@@ -25,18 +25,35 @@ def _params(workdir, step):
   return state["params"]
 
 
-def test_eight_devices_train_like_one(tmp_path):
-  """Same global batch on 1 and 8 devices: the same loss at every step (float32)."""
+def test_eight_devices_train_like_one_and_the_checkpoint_evaluates_on_one(tmp_path):
+  """Same global batch on 1 and 8 devices: the same loss at every step (float32); the
+  checkpoint written on 8 devices restores and evaluates on 1 to the same numbers."""
   args = SMALL + ("--config.num_train_steps=5", "--config.eval_every_steps=5")
   run_main("synthetic.py", tmp_path / "one", *args, devices=1)
-  run_main("synthetic.py", tmp_path / "eight", *args, devices=8)
-  one, eight = train_losses(tmp_path / "one"), train_losses(tmp_path / "eight")
+  eight_dir = tmp_path / "eight"
+  run_main("synthetic.py", eight_dir, *args, devices=8)
+  one, eight = train_losses(tmp_path / "one"), train_losses(eight_dir)
   assert sorted(one) == [1, 2, 3, 4, 5]
   for step in one:
     assert eight[step] == pytest.approx(one[step], rel=1e-4), step
-  eval_one, eval_eight = eval_records(tmp_path / "one")[-1], eval_records(tmp_path / "eight")[-1]
+  eval_one, eval_eight = eval_records(tmp_path / "one")[-1], eval_records(eight_dir)[-1]
   assert eval_one["eval/num_examples"] == eval_eight["eval/num_examples"] == 100
   assert eval_eight["eval/loss"] == pytest.approx(eval_one["eval/loss"], rel=1e-4)
+
+  result = run_main("synthetic.py", eight_dir, *args, devices=1, mode="eval")
+  printed = json.loads(result.stdout.strip().splitlines()[-1])
+  assert printed["step"] == 5
+  assert printed["eval/num_examples"] == 100
+  assert printed["eval/loss"] == pytest.approx(eval_eight["eval/loss"], rel=1e-4)
+  assert printed["eval/top1"] == pytest.approx(eval_eight["eval/top1"], abs=1e-6)
+  appended = read_metrics(eight_dir)[-1]
+  assert appended["eval/checkpoint_step"] == 5 and appended["eval/loss"] == printed["eval/loss"]
+
+  # A checkpoint of another model: one clear sentence, no traceback.
+  other = run_main("synthetic.py", eight_dir, *args, "--config.model.variant=torchvision",
+                   "--config.model.init=torch", mode="eval", check=False)
+  assert other.returncode == 1
+  assert "model.variant='d2l'" in other.stderr and "Traceback" not in other.stderr
 
 
 def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
@@ -73,26 +90,6 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
   for layer in final_a:
     for name in final_a[layer]:
       np.testing.assert_array_equal(final_a[layer][name], final_b[layer][name])
-
-
-def test_checkpoint_trained_on_eight_devices_evaluates_on_one(tmp_path):
-  args = SMALL + ("--config.num_train_steps=3", "--config.eval_every_steps=3")
-  run_main("synthetic.py", tmp_path, *args, devices=8)
-  during_training = eval_records(tmp_path)[-1]
-  result = run_main("synthetic.py", tmp_path, *args, devices=1, mode="eval")
-  printed = json.loads(result.stdout.strip().splitlines()[-1])
-  assert printed["step"] == 3
-  assert printed["eval/num_examples"] == 100
-  assert printed["eval/loss"] == pytest.approx(during_training["eval/loss"], rel=1e-4)
-  assert printed["eval/top1"] == pytest.approx(during_training["eval/top1"], abs=1e-6)
-  appended = read_metrics(tmp_path)[-1]
-  assert appended["eval/checkpoint_step"] == 3 and appended["eval/loss"] == printed["eval/loss"]
-
-  # A checkpoint of another model: one clear sentence, no traceback.
-  other = run_main("synthetic.py", tmp_path, *args, "--config.model.variant=torchvision",
-                   "--config.model.init=torch", mode="eval", check=False)
-  assert other.returncode == 1
-  assert "model.variant='d2l'" in other.stderr and "Traceback" not in other.stderr
 
 
 def test_clear_error_for_unknown_variant(tmp_path):
