@@ -17,23 +17,43 @@ import time
 from typing import Any, Iterator
 
 import grain
+import jax
 import numpy as np
 from grain import experimental as grain_experimental
 
 from alexnet_jax import sharding
-from alexnet_jax.data import pipeline
+from alexnet_jax.data import batch_slots, pipeline
+
+
+def _may_alias_host_memory(mesh) -> bool:
+  """Whether a device array made from a host array may share its memory: XLA:CPU takes an
+  aligned numpy buffer as is (checked with jax 0.10.2: a 64-byte-aligned batch changed after
+  device_put showed the change). Such a batch must be copied before its slot is reused."""
+  return any(d.platform == "cpu" for d in mesh.devices.flat)
+
 
 class _ToDevice:
-  """Picklable map: host batch -> (global device batch, skipped count of its rows)."""
+  """Map: host batch -> (global device batch, skipped notes of its rows). A batch from a
+  worker's slots is released once its transfer has finished (data/batch_slots.py)."""
 
   def __init__(self, mesh):
     self.mesh = mesh
+    self.copy_first = _may_alias_host_memory(mesh)
+    self.slots = batch_slots.TrainerSlots()
 
-  def __call__(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, Any], list[str]]:
+  def _transfer(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    if self.copy_first:
+      batch = {key: np.array(value) for key, value in batch.items()}
+    arrays = sharding.to_global_batch(batch, self.mesh)
+    return jax.block_until_ready(arrays)  # the slot is reused after this
+
+  def __call__(self, batch: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     batch = dict(batch)
     batch.pop(pipeline.SKIPPED_KEY, None)
     notes = list(batch.pop(pipeline.SKIPPED_NOTES_KEY, []))
-    return sharding.to_global_batch(batch, self.mesh), notes
+    if not any(isinstance(v, batch_slots.SlotArray) for v in batch.values()):
+      return sharding.to_global_batch(batch, self.mesh), notes  # loaded here: no slot
+    return self.slots.used(batch, self._transfer), notes
 
 
 class DeviceBatches(Iterator[dict[str, Any]]):
@@ -50,7 +70,8 @@ class DeviceBatches(Iterator[dict[str, Any]]):
     self.batch_size = batch_size  # global
     self._length = len(dataset)
     iter_ds = pipeline.loaded(dataset, num_workers=num_workers, prefetch_batches=host_prefetch)
-    iter_ds = iter_ds.map(_ToDevice(mesh))
+    self._to_device = _ToDevice(mesh)
+    iter_ds = iter_ds.map(self._to_device)
     if device_prefetch > 0:
       iter_ds = grain_experimental.ThreadPrefetchIterDataset(
           iter_ds, prefetch_buffer_size=device_prefetch)
@@ -107,3 +128,4 @@ class DeviceBatches(Iterator[dict[str, Any]]):
     close = getattr(self._iterator, "close", None)
     if close is not None:
       close()
+    self._to_device.slots.close()

@@ -13,7 +13,9 @@ number of processes and devices.
 
 The loader processes (`init_worker`, `freeze_gc`, `loaded`) are set up here too: they exit
 with the trainer, keep freed memory, exempt their imports from garbage collection, and build
-their batches in Grain's shared memory.
+their batches in shared-memory slots they reuse (data/batch_slots.py): a batch from a worker
+holds `batch_slots.SlotArray` handles until its consumer (`to_iterator`, or
+data/device.py) turns them into arrays and releases them.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ import time
 from typing import Any, Callable, Protocol
 
 import grain
-import grain.python as grain_python
 import numpy as np
 
+from alexnet_jax.data import batch_slots
 from alexnet_jax.errors import UserError
 from alexnet_jax.runtime import host_memory
 
@@ -72,36 +74,36 @@ def _rows_of_process(global_batch_size: int, process_index: int, process_count: 
   return slice(process_index * per_process, (process_index + 1) * per_process)
 
 
-# Set by init_worker: this process is a Grain worker, whose batches go to the trainer through
-# shared memory.
-_in_worker = False
-# Arrays at least this large are allocated in shared memory in a worker (the images).
+# Set by init_worker in a Grain worker: its reusable shared-memory slots, into which it builds
+# its batches for the trainer (data/batch_slots.py); None in any other process.
+_worker_slots: batch_slots.WorkerSlots | None = None
+# Arrays at least this large go into slots in a worker (the images).
 _SHARED_MEMORY_MIN_BYTES = 1 << 16
-
-
-def _empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-  """An uninitialized array; in a Grain worker, a large one lives in shared memory already,
-  so Grain hands it to the trainer as is instead of copying the batch into a new segment
-  (its `copy_to_shm`: ~165 us per 224x224 image on the 2-core machine, as much as loading a
-  raw example)."""
-  dtype = np.dtype(dtype)
-  if _in_worker and not dtype.hasobject and math.prod(shape) * dtype.itemsize >= (
-      _SHARED_MEMORY_MIN_BYTES):
-    return grain_python.SharedMemoryArray(shape, dtype)
-  return np.empty(shape, dtype)
 
 
 class _BatchArrays:
   """Examples written straight into one preallocated array per key (one copy per example,
-  no list of arrays to stack); shapes and dtypes come from the first example."""
+  no list of arrays to stack); shapes and dtypes come from the first example. In a Grain
+  worker the large arrays live in the worker's reusable slots, and `finished` hands their
+  handles to the trainer instead of the arrays."""
 
   def __init__(self, rows: int):
     self.rows = rows
     self.arrays: Example | None = None
+    self._handles: dict[str, batch_slots.SlotArray] = {}
+
+  def _empty(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if _worker_slots is not None and not dtype.hasobject and (
+        math.prod(shape) * dtype.itemsize >= _SHARED_MEMORY_MIN_BYTES):
+      array, self._handles[key] = _worker_slots.array(shape, dtype)
+      return array
+    return np.empty(shape, dtype)
 
   def put(self, row: int, example: Example) -> None:
     if self.arrays is None:
-      self.arrays = {key: _empty((self.rows,) + np.shape(value), np.asarray(value).dtype)
+      self.arrays = {key: self._empty(key, (self.rows,) + np.shape(value),
+                                      np.asarray(value).dtype)
                      for key, value in example.items()}
     for key, value in example.items():
       self.arrays[key][row] = value
@@ -110,6 +112,10 @@ class _BatchArrays:
     """Row `row` becomes a copy of row `row - 1` (eval padding: no reload, no warning)."""
     for array in self.arrays.values():
       array[row] = array[row - 1]
+
+  def finished(self) -> dict[str, Any]:
+    """The batch as it leaves this process: arrays, or slot handles for those in slots."""
+    return {key: self._handles.get(key, array) for key, array in self.arrays.items()}
 
 
 def _with_skips(batch: Example, notes: list[str]) -> Example:
@@ -160,7 +166,7 @@ class _LoadTrainRows:
       if note is not None:
         notes.append(note)
       batch.put(i, example)
-    return _with_skips(batch.arrays, notes)
+    return _with_skips(batch.finished(), notes)
 
 
 # Batch keys the loaders add besides the examples: how many of its records were unreadable
@@ -224,7 +230,7 @@ class _LoadEvalRows:
         notes.append(note)
       batch.put(i, example)
       mask.append(real and note is None)
-    arrays = batch.arrays
+    arrays = batch.finished()
     arrays["mask"] = np.asarray(mask, np.bool_)
     return _with_skips(arrays, notes)
 
@@ -270,10 +276,11 @@ def init_worker(worker_index: int, worker_count: int, *, parent: int) -> None:
   PID 1, with its memory and /dev/shm segments. It ignores SIGINT (the trainer handles
   Ctrl-C and closes its workers). Its allocator keeps freed memory
   (`host_memory.keep_freed_memory`) and its imports are exempted from garbage collection
-  (`freeze_gc`): ~20% and ~10-25% of an example's time."""
-  global _in_worker
+  (`freeze_gc`): ~20% and ~10-25% of an example's time. Its batches go into its own reusable
+  slots (`batch_slots.WorkerSlots`)."""
+  global _worker_slots
   del worker_index, worker_count
-  _in_worker = True
+  _worker_slots = batch_slots.WorkerSlots()
   # Ctrl-C reaches the whole process group: the trainer stops cleanly and closes its workers;
   # a worker's own KeyboardInterrupt would only print a traceback.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -306,7 +313,8 @@ def loaded(dataset: grain.MapDataset, *, num_workers: int,
            prefetch_batches: int) -> grain.IterDataset:
   """`dataset` loaded ahead by `prefetch_batches` threads in each of `num_workers` Grain
   worker processes (0: threads of this process), each worker set up by `init_worker`; this
-  process's garbage collection is frozen too (it loads the batches when num_workers=0)."""
+  process's garbage collection is frozen too (it loads the batches when num_workers=0).
+  Batches from workers hold `batch_slots.SlotArray` handles: see `to_iterator`."""
   freeze_gc()
   iter_ds = dataset.to_iter_dataset(grain.ReadOptions(
       num_threads=max(1, prefetch_batches), prefetch_buffer_size=prefetch_batches))
@@ -317,8 +325,19 @@ def loaded(dataset: grain.MapDataset, *, num_workers: int,
   return iter_ds
 
 
+class _Copied:
+  """Map: a loaded batch -> the same with arrays of its own (worker slots copied, released)."""
+
+  def __init__(self):
+    self.slots = batch_slots.TrainerSlots()
+
+  def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    return self.slots.copied(batch)
+
+
 def to_iterator(dataset: grain.MapDataset, *, num_workers: int,
                 prefetch_batches: int) -> grain.DatasetIterator:
-  """Host batches (numpy) of `dataset` (see `loaded`): for benchmarks and tools that read
-  batches on the host. The trainer uses `data.device.DeviceBatches`."""
-  return iter(loaded(dataset, num_workers=num_workers, prefetch_batches=prefetch_batches))
+  """Host batches (numpy arrays of their own) of `dataset` (see `loaded`): for benchmarks
+  and tools that read batches on the host. The trainer uses `data.device.DeviceBatches`."""
+  return iter(loaded(dataset, num_workers=num_workers,
+                     prefetch_batches=prefetch_batches).map(_Copied()))
