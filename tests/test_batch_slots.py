@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import jax
 import numpy as np
@@ -19,7 +18,8 @@ on_linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/dev
 
 
 def test_a_released_slot_is_reused_and_a_held_one_is_not():
-  worker, trainer = batch_slots.WorkerSlots(), batch_slots.TrainerSlots()
+  trainer = batch_slots.TrainerSlots()
+  worker = batch_slots.WorkerSlots(trainer.prefix)
   first, handle = worker.array((4, 8), np.int32)
   first[:] = np.arange(32).reshape(4, 8)
   second, held = worker.array((4, 8), np.int32)  # the first is still in flight
@@ -39,12 +39,21 @@ def test_a_released_slot_is_reused_and_a_held_one_is_not():
 
 @on_linux
 def test_the_trainer_unlinks_a_segment_once_mapped():
-  worker, trainer = batch_slots.WorkerSlots(), batch_slots.TrainerSlots()
+  trainer = batch_slots.TrainerSlots()
+  worker = batch_slots.WorkerSlots(trainer.prefix)
   _, handle = worker.array((1024,), np.uint8)
   assert os.path.exists(os.path.join(SHM_DIR, handle.name.lstrip("/")))
   trainer.copied({"image": handle})
   assert not os.path.exists(os.path.join(SHM_DIR, handle.name.lstrip("/")))
+  # A batch loaded but never taken: removed when the trainer closes the pipeline.
+  _, never_taken = worker.array((1024,), np.uint8)
+  other = batch_slots.WorkerSlots(batch_slots.new_prefix())  # another pipeline's: kept
+  _, others = other.array((1024,), np.uint8)
   trainer.close()
+  assert not os.path.exists(os.path.join(SHM_DIR, never_taken.name))
+  assert os.path.exists(os.path.join(SHM_DIR, others.name))
+  batch_slots.TrainerSlots(others.name[:-len("0")]).close()
+  assert not os.path.exists(os.path.join(SHM_DIR, others.name))
 
 
 class Numbers:
@@ -56,35 +65,48 @@ class Numbers:
 
 
 class Pictures:
-  """A 96x96x3 image (27 KB; 8 of them make a batch large enough for a slot) that encodes its
-  record and the example's uniform."""
+  """A 96x96x3 image (27 KB; 6 or 8 of them make a batch large enough for a slot) that
+  encodes its record and the example's uniform."""
   uniforms_per_example = 1
 
   def __call__(self, record, u):
     image = np.full((96, 96, 3), record, np.uint8)
-    image[0, 0, 0] = int(u[0] * 250)
+    image[0, 0, 0] = 255 if u is None else int(u[0] * 250)  # eval transforms get None
     return {"image": image, "label": np.int32(record)}
 
 
-def _device_batches(num_workers: int, count: int) -> list[dict]:
-  dataset = pipeline.train_dataset(Numbers(), Pictures(), seed=0, global_batch_size=8)
+def _device_batches(dataset, num_workers: int, count: int | None) -> list[dict]:
   mesh = sharding.make_mesh(jax.devices()[:1])
   batches = device.DeviceBatches(dataset, mesh, batch_size=8, num_workers=num_workers,
                                  host_prefetch=2, device_prefetch=2)
-  kept = [next(batches) for _ in range(count)]  # all alive while the slots are reused
+  # All kept alive while the workers write their slots again.
+  kept = list(batches) if count is None else [next(batches) for _ in range(count)]
   batches.close()
   return kept
 
 
+def _assert_same(reference, from_workers):
+  assert len(reference) == len(from_workers)
+  for want, got in zip(reference, from_workers):
+    assert sorted(want) == sorted(got)
+    for key in want:
+      np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=key)
+
+
+def _ours(names):
+  return {n for n in names if n.startswith("ajx")}
+
+
 @on_linux
 def test_worker_batches_stay_intact_while_their_slots_are_reused():
-  before = set(os.listdir(SHM_DIR))
-  reference = _device_batches(num_workers=0, count=12)
-  from_workers = _device_batches(num_workers=2, count=12)
-  for want, got in zip(reference, from_workers):
-    np.testing.assert_array_equal(np.asarray(got["image"]), np.asarray(want["image"]))
-    np.testing.assert_array_equal(np.asarray(got["label"]), np.asarray(want["label"]))
-  deadline = time.time() + 10  # the workers' segments go with them
-  while set(os.listdir(SHM_DIR)) - before and time.time() < deadline:
-    time.sleep(0.1)
-  assert not set(os.listdir(SHM_DIR)) - before
+  before = _ours(os.listdir(SHM_DIR))
+  train = pipeline.train_dataset(Numbers(), Pictures(), seed=0, global_batch_size=8)
+  _assert_same(_device_batches(train, 0, 12), _device_batches(train, 2, 12))
+  # An evaluation: a finite pass, more batches than workers (each worker loads several and
+  # exits when its share is done, with batches still queued), the last one padded.
+  evaluation = pipeline.eval_dataset(Numbers(), Pictures(), global_batch_size=8)
+  odd = pipeline.eval_dataset(Numbers(), Pictures(), global_batch_size=6)
+  _assert_same(_device_batches(evaluation, 0, None), _device_batches(evaluation, 2, None))
+  _assert_same(_device_batches(odd, 0, None), _device_batches(odd, 2, None))
+  # Closed early with batches loaded ahead: /dev/shm is left as it was found.
+  assert _ours(os.listdir(SHM_DIR)) == before

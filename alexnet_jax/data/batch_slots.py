@@ -11,15 +11,19 @@ soon as the batch is on the devices (`TrainerSlots.used`); the next batch
 lands on pages already mapped. A worker holds as many slots as it has batches in flight.
 
 Cleanup does not depend on anyone exiting cleanly: the trainer unlinks a segment's name as
-soon as it has mapped it (the memory lives until both processes unmap it), a worker unlinks
-the rest when it exits, and Python's resource tracker removes what a killed worker left.
+soon as it has mapped it (the memory lives until both processes unmap it), removes the
+segments of batches loaded but never taken when it closes the pipeline (they carry the
+pipeline's name prefix), and Python's resource tracker removes anything left when the
+trainer exits, however it exits.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-import multiprocessing.util
+import os
+import secrets
 import threading
 from multiprocessing import shared_memory
 from typing import Any, Callable
@@ -29,6 +33,7 @@ import numpy as np
 # Bytes before the array in a segment: byte 0 is the slot's state; 64 keeps the array aligned.
 _HEADER = 64
 _FREE, _IN_FLIGHT = 0, 1
+_SHM_DIR = "/dev/shm"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,26 +44,25 @@ class SlotArray:
   dtype: str
 
 
-class WorkerSlots:
-  """A worker's segments, reused once the trainer has released them. Thread-safe (a worker's
-  loader threads share it)."""
+def new_prefix() -> str:
+  """A name prefix for the slots of one pipeline's workers: the trainer's PID and a random
+  token (short: macOS allows 31 characters in a shared-memory name)."""
+  return f"ajx{os.getpid()}_{secrets.token_hex(3)}_"
 
-  def __init__(self):
+
+class WorkerSlots:
+  """A worker's segments, reused once the trainer has released them, named
+  `prefix + worker PID + number` so that the trainer can remove those it never received
+  (`TrainerSlots.close`). Thread-safe (a worker's loader threads share it).
+
+  A worker does not remove its segments when it exits: Grain's workers exit when their share
+  of a finite dataset (an evaluation) is loaded, with batches still queued for the trainer."""
+
+  def __init__(self, prefix: str):
+    self._prefix = f"{prefix}{os.getpid()}_"
     self._segments: dict[int, list[shared_memory.SharedMemory]] = {}
     self._lock = threading.Lock()
-    # At the worker's exit (Grain stops its workers when the trainer closes the pipeline):
-    # the segments of batches the trainer never took, e.g. loaded ahead of an evaluation's
-    # end, would otherwise stay in /dev/shm until the trainer itself exits.
-    multiprocessing.util.Finalize(self, self.unlink_all, exitpriority=10)
-
-  def unlink_all(self) -> None:
-    """Removes the names of this worker's segments (those the trainer mapped are gone)."""
-    for segments in self._segments.values():
-      for segment in segments:
-        try:
-          segment.unlink()
-        except FileNotFoundError:
-          pass
+    self._made = itertools.count()
 
   def array(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, SlotArray]:
     """An uninitialized array in a free slot (a new one if none is free) and its handle; the
@@ -69,7 +73,8 @@ class WorkerSlots:
       segments = self._segments.setdefault(nbytes, [])
       segment = next((s for s in segments if s.buf[0] == _FREE), None)
       if segment is None:
-        segment = shared_memory.SharedMemory(create=True, size=_HEADER + nbytes)
+        segment = shared_memory.SharedMemory(name=f"{self._prefix}{next(self._made)}",
+                                             create=True, size=_HEADER + nbytes)
         segments.append(segment)
       segment.buf[0] = _IN_FLIGHT
     view = np.ndarray(shape, dtype, buffer=segment.buf, offset=_HEADER)
@@ -81,10 +86,13 @@ class WorkerSlots:
 
 
 class TrainerSlots:
-  """The trainer's side: maps each worker segment once, unlinks its name at once, turns
-  handles into arrays and marks slots free. Not shared between threads; `close` unmaps."""
+  """The trainer's side of one pipeline's slots (named from `prefix`): maps each worker
+  segment once and unlinks its name at once, turns handles into arrays, marks slots free.
+  Not shared between threads. `close` (after the workers have stopped) unmaps them and
+  removes the segments of batches that were loaded but never taken."""
 
-  def __init__(self):
+  def __init__(self, prefix: str | None = None):
+    self.prefix = new_prefix() if prefix is None else prefix
     self._segments: dict[str, shared_memory.SharedMemory] = {}
 
   def _segment(self, name: str) -> shared_memory.SharedMemory:
@@ -124,10 +132,26 @@ class TrainerSlots:
                                        else v for k, v in b.items()})
 
   def close(self) -> None:
-    """Unmaps every segment (arrays still viewing one must be gone: numpy holds no lock)."""
+    """Unmaps every segment, then removes those the workers made and the trainer never took
+    (Linux lists them in /dev/shm; elsewhere Python's resource tracker removes them when the
+    trainer exits)."""
     for segment in self._segments.values():
       try:
         segment.close()
       except BufferError:  # a view is still alive somewhere: the mapping goes at exit
         pass
     self._segments.clear()
+    for name in _names_with_prefix(self.prefix):
+      try:
+        segment = shared_memory.SharedMemory(name=name)
+      except FileNotFoundError:
+        continue
+      segment.close()
+      segment.unlink()
+
+
+def _names_with_prefix(prefix: str) -> list[str]:
+  try:
+    return [name for name in os.listdir(_SHM_DIR) if name.startswith(prefix)]
+  except OSError:  # no /dev/shm (macOS)
+    return []

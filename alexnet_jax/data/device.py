@@ -69,8 +69,9 @@ class DeviceBatches(Iterator[dict[str, Any]]):
                host_prefetch: int, device_prefetch: int):
     self.batch_size = batch_size  # global
     self._length = len(dataset)
-    iter_ds = pipeline.loaded(dataset, num_workers=num_workers, prefetch_batches=host_prefetch)
     self._to_device = _ToDevice(mesh)
+    iter_ds = pipeline.loaded(dataset, num_workers=num_workers, prefetch_batches=host_prefetch,
+                              slots_prefix=self._to_device.slots.prefix)
     iter_ds = iter_ds.map(self._to_device)
     if device_prefetch > 0:
       iter_ds = grain_experimental.ThreadPrefetchIterDataset(

@@ -269,7 +269,8 @@ def _watch_parent(parent: int) -> None:
     time.sleep(PARENT_POLL_S)
 
 
-def init_worker(worker_index: int, worker_count: int, *, parent: int) -> None:
+def init_worker(worker_index: int, worker_count: int, *, parent: int,
+                slots_prefix: str) -> None:
   """Grain `worker_init_fn` (bind `parent`, the PID of the process that starts the workers,
   with functools.partial): the worker exits within PARENT_POLL_S of that process's death,
   or at once if it died while the worker was starting, instead of living on, re-parented to
@@ -277,10 +278,10 @@ def init_worker(worker_index: int, worker_count: int, *, parent: int) -> None:
   Ctrl-C and closes its workers). Its allocator keeps freed memory
   (`host_memory.keep_freed_memory`) and its imports are exempted from garbage collection
   (`freeze_gc`): ~20% and ~10-25% of an example's time. Its batches go into its own reusable
-  slots (`batch_slots.WorkerSlots`)."""
+  slots (`batch_slots.WorkerSlots`), named from `slots_prefix`."""
   global _worker_slots
   del worker_index, worker_count
-  _worker_slots = batch_slots.WorkerSlots()
+  _worker_slots = batch_slots.WorkerSlots(slots_prefix)
   # Ctrl-C reaches the whole process group: the trainer stops cleanly and closes its workers;
   # a worker's own KeyboardInterrupt would only print a traceback.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -309,19 +310,21 @@ def freeze_gc() -> None:
     gc.freeze()
 
 
-def loaded(dataset: grain.MapDataset, *, num_workers: int,
-           prefetch_batches: int) -> grain.IterDataset:
+def loaded(dataset: grain.MapDataset, *, num_workers: int, prefetch_batches: int,
+           slots_prefix: str) -> grain.IterDataset:
   """`dataset` loaded ahead by `prefetch_batches` threads in each of `num_workers` Grain
   worker processes (0: threads of this process), each worker set up by `init_worker`; this
   process's garbage collection is frozen too (it loads the batches when num_workers=0).
-  Batches from workers hold `batch_slots.SlotArray` handles: see `to_iterator`."""
+  Batches from workers hold `batch_slots.SlotArray` handles named from `slots_prefix`
+  (`batch_slots.TrainerSlots.prefix` of their consumer): see `to_iterator`."""
   freeze_gc()
   iter_ds = dataset.to_iter_dataset(grain.ReadOptions(
       num_threads=max(1, prefetch_batches), prefetch_buffer_size=prefetch_batches))
   if num_workers > 0:
     iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
-                                  worker_init_fn=functools.partial(init_worker,
-                                                                   parent=os.getpid()))
+                                  worker_init_fn=functools.partial(
+                                      init_worker, parent=os.getpid(),
+                                      slots_prefix=slots_prefix))
   return iter_ds
 
 
@@ -339,5 +342,6 @@ def to_iterator(dataset: grain.MapDataset, *, num_workers: int,
                 prefetch_batches: int) -> grain.DatasetIterator:
   """Host batches (numpy arrays of their own) of `dataset` (see `loaded`): for benchmarks
   and tools that read batches on the host. The trainer uses `data.device.DeviceBatches`."""
-  return iter(loaded(dataset, num_workers=num_workers,
-                     prefetch_batches=prefetch_batches).map(_Copied()))
+  copied = _Copied()
+  return iter(loaded(dataset, num_workers=num_workers, prefetch_batches=prefetch_batches,
+                     slots_prefix=copied.slots.prefix).map(copied))
