@@ -203,8 +203,9 @@ def filters_image(variant: str, conv1_kernel: Any):
 class EvalPrestart:
   """Starts the next evaluation's input pipeline (its Grain workers, its first batch) shortly
   before the evaluation's step, so the evaluation does not wait for the workers to start:
-  with 2 workers on the 2-core machine an evaluation of 16 images took 4.1-4.3 s, now 0.1-0.3 s
-  (2026-11-30); on an H200 start-up would be several % of an epoch.
+  with 2 workers on the 2-core machine an evaluation of 16 images in one batch took 4.1-4.3 s,
+  now 0.1-0.3 s (2026-11-30; docs/data.md); on an H200 start-up would be several % of an
+  epoch.
 
   The lead is 1.5x the start-up the previous pre-started pipeline took (FIRST_LEAD_S before
   any), converted into steps with the median of the last steps' wall times. `exp` needs
