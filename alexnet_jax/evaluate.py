@@ -54,8 +54,9 @@ def run_eval(exp: Experiment, params: Any, batch_stats: Any = None, *,
     batches = exp.eval_batches(ten_crop)
   num_batches = len(batches)
   if jax.process_index() == 0:
-    logging.info("Evaluating %d images%s (%d batches of %d)...", exp.eval_split.num_examples,
-                 _view_text(exp, ten_crop), num_batches, batches.batch_size)
+    logging.info("Evaluating %d images%s (%d batch%s of %d)...", exp.eval_split.num_examples,
+                 _view_text(exp, ten_crop), num_batches, "" if num_batches == 1 else "es",
+                 batches.batch_size)
   chief = jax.process_index() == 0
   # A bar on a terminal; in a log file (no terminal) a line every PROGRESS_LOG_S instead.
   on_terminal = sys.stderr.isatty()

@@ -461,6 +461,18 @@ def test_prepare_command_line_with_worker_processes(tmp_path):
   assert (len(train), len(evaluation)) == (12, 3)
 
 
+def test_prepare_names_a_source_that_does_not_exist(tmp_path):
+  for flag in ("folder_dir", "tars_dir"):
+    result = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.prepare", f"--{flag}={tmp_path / 'nope'}",
+         f"--data_dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, cwd=fx.REPO, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(fx.REPO)})
+    assert result.returncode == 1
+    assert f"--{flag}={tmp_path / 'nope'} is not a directory." in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_prepare_keeps_small_jpegs_and_re_encodes_odd_ones():
   options = prepare.StoreOptions(resize_shorter=20)
   small = fx.jpeg_bytes(18, 16)

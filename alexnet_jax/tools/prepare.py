@@ -574,6 +574,10 @@ def main(argv: Sequence[str]) -> int:
     raise UsageError("Give exactly one of --tars_dir and --folder_dir.")
   if not FLAGS.data_dir:
     raise UsageError("--data_dir is required.")
+  source_flag, source = (("tars_dir", FLAGS.tars_dir) if FLAGS.tars_dir
+                         else ("folder_dir", FLAGS.folder_dir))
+  if not os.path.isdir(source):
+    raise UserError(f"--{source_flag}={source} is not a directory.")
   if FLAGS.tars_dir and FLAGS.resize_shorter <= 0 and FLAGS.format == "jpeg":
     prepare_with_tfds(FLAGS.tars_dir, FLAGS.data_dir)
     return 0
