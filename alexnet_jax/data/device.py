@@ -12,6 +12,7 @@ handed out so far, this process only) instead of popping it from the batch thems
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from typing import Any, Iterator
@@ -93,6 +94,10 @@ class DeviceBatches(Iterator[dict[str, Any]]):
     started = time.time()
 
     def load_first() -> None:
+      # Workers started from here inherit this thread's blocked SIGINT: a Ctrl-C while they
+      # import (before init_worker ignores it) would print each one's KeyboardInterrupt
+      # traceback. The trainer's main thread still gets the signal and stops the run.
+      signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
       try:
         self._first = (True, next(self._iterator))
       except BaseException as e:  # noqa: BLE001 - re-raised by __next__ in the caller's thread
