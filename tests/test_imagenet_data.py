@@ -471,6 +471,14 @@ def test_prepare_names_a_source_that_does_not_exist(tmp_path):
     assert result.returncode == 1
     assert f"--{flag}={tmp_path / 'nope'} is not a directory." in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+  (tmp_path / "empty").mkdir()
+  result = subprocess.run(
+      [sys.executable, "-m", "alexnet_jax.prepare", f"--folder_dir={tmp_path / 'empty'}",
+       f"--data_dir={tmp_path / 'out'}"],
+      capture_output=True, text=True, cwd=fx.REPO, timeout=120,
+      env={**os.environ, "PYTHONPATH": str(fx.REPO)})
+  assert result.returncode == 1 and "has no train/ folder" in result.stderr
+  assert "--config.data" not in result.stderr  # no training advice for a prepare command
 
 
 def test_prepare_keeps_small_jpegs_and_re_encodes_odd_ones():

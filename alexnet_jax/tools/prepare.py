@@ -578,6 +578,9 @@ def main(argv: Sequence[str]) -> int:
                          else ("folder_dir", FLAGS.folder_dir))
   if not os.path.isdir(source):
     raise UserError(f"--{source_flag}={source} is not a directory.")
+  if FLAGS.folder_dir and not os.path.isdir(os.path.join(source, "train")):
+    raise UserError(f"--folder_dir={source} has no train/ folder: it must hold "
+                    "train/<wnid>/*.JPEG and val/ (docs/data.md).")
   if FLAGS.tars_dir and FLAGS.resize_shorter <= 0 and FLAGS.format == "jpeg":
     prepare_with_tfds(FLAGS.tars_dir, FLAGS.data_dir)
     return 0
