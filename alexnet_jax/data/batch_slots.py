@@ -117,8 +117,6 @@ class TrainerSlots:
     """`use(batch)` with its handles turned into arrays in place; then their slots are
     released, so `use` must have copied what it keeps (a finished host-to-device copy)."""
     handles = [v for v in batch.values() if isinstance(v, SlotArray)]
-    if not handles:
-      return use(batch)
     try:
       return use({k: self.view(v) if isinstance(v, SlotArray) else v
                   for k, v in batch.items()})
