@@ -109,8 +109,8 @@ def validation_label(file_name: str) -> int:
   """Class index of a flat validation file `ILSVRC2012_val_00000001.JPEG`."""
   match = VALIDATION_FILE.fullmatch(file_name)
   if match is None:
-    raise UserError(f"{file_name!r} is not named like a validation image "
-                     "(ILSVRC2012_val_XXXXXXXX.JPEG).")
+    raise UserError(f"'{transforms.printable_name(file_name)}' is not named like a validation "
+                    "image (ILSVRC2012_val_XXXXXXXX.JPEG).")
   number = int(match.group(1))
   if not 1 <= number <= NUM_VALIDATION_IMAGES:
     raise UserError(f"{file_name!r}: validation images are numbered 1 to 50000.")
@@ -246,24 +246,29 @@ def _log_prepare_info(version_dir: pathlib.Path) -> None:
 class FolderSource:
   """Image files under `root`, read as bytes; the decoding is the transform's job.
 
-  Paths are kept as one numpy bytes array, compact to pickle into Grain workers.
+  Paths are kept as one numpy bytes array, compact to pickle into Grain workers. They are
+  the names' bytes as the OS gives them (os.fsencode), so a name that is not valid UTF-8 is
+  opened as it is; a record's `file_name` is the relative path as printable text
+  (transforms.printable_name: such bytes as backslash escapes), for messages.
   """
   root: str
-  relative_paths: np.ndarray  # dtype 'S', sorted
+  relative_paths: np.ndarray  # dtype 'S' (os.fsencode of 'wnid/name'), sorted
   labels: np.ndarray  # int32, standard class order
 
   def __len__(self) -> int:
     return len(self.labels)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    relative = self.relative_paths[index].decode()
-    path = os.path.join(self.root, relative)
+    relative = bytes(self.relative_paths[index])
+    path = os.path.join(os.fsencode(self.root), relative)
     try:
       with open(path, "rb") as f:
         data = f.read()
     except OSError as e:
-      raise pipeline.SkippableRecordError(f"cannot read {path}: {e}") from e
-    return {"image": data, "label": self.labels[index], "file_name": relative}
+      raise pipeline.SkippableRecordError(
+          f"cannot read {transforms.printable_name(path)}: {e.strerror or e}") from e
+    return {"image": data, "label": self.labels[index],
+            "file_name": transforms.printable_name(relative)}
 
 
 def _is_image_file(entry: os.DirEntry) -> bool:
@@ -283,15 +288,17 @@ def _image_files(path: str) -> list[str]:
 
 
 def list_class_folders(split_dir: str) -> tuple[list[str], list[int]]:
-  """(relative paths, labels) of `split_dir/<wnid>/*`, sorted by wnid then file name."""
+  """(relative paths, labels) of `split_dir/<wnid>/*`, sorted by wnid then file name; names as
+  os.scandir gives them (a name that is not UTF-8 holds surrogate escapes: os.fsencode gives
+  its bytes back)."""
   lookup = wnid_to_label()
   paths, labels = [], []
   for folder in _visible_subdirs(split_dir):
     if folder.name not in lookup:
       raise UserError(
-          f"{folder.path} is not an ILSVRC-2012 class folder: folder names must be wnids of "
-          "the 1000-class list (like n01440764; see alexnet_jax/data/imagenet_labels/"
-          "imagenet2012_synsets.txt). Remove or move it.")
+          f"{transforms.printable_name(folder.path)} is not an ILSVRC-2012 class folder: "
+          "folder names must be wnids of the 1000-class list (like n01440764; see "
+          "alexnet_jax/data/imagenet_labels/imagenet2012_synsets.txt). Remove or move it.")
     names = _image_files(folder.path)
     paths += [f"{folder.name}/{name}" for name in names]
     labels += [lookup[folder.name]] * len(names)
@@ -320,8 +327,11 @@ def folder_split(data_dir: str, split: str) -> FolderSource:
     paths, labels = [], []
   if not paths:
     raise missing_data_error(data_dir, f"no images in {split_dir}")
-  logging.info("ImageNet %s: %d images in %s", split, len(paths), split_dir)
-  encoded = np.array([path.encode() for path in paths], dtype=np.bytes_)
+  logging.info("ImageNet %s: %d images in %s", split, len(paths),
+               transforms.printable_name(split_dir))
+  # os.fsencode: the names' own bytes, also those that are not UTF-8 (os.scandir gives them as
+  # str with surrogate escapes, which str.encode() refuses).
+  encoded = np.array([os.fsencode(path) for path in paths], dtype=np.bytes_)
   return FolderSource(split_dir, encoded, np.array(labels, dtype=np.int32))
 
 

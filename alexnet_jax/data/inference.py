@@ -50,7 +50,8 @@ def _read(path: str | os.PathLike) -> bytes:
     with open(path, "rb") as f:
       return f.read()
   except OSError as e:
-    raise UserError(f"cannot read image {os.fspath(path)}: {e.strerror or e}.") from e
+    raise UserError(f"cannot read image {transforms.printable_name(path)}: "
+                    f"{e.strerror or e}.") from e
 
 
 def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -72,10 +73,10 @@ def load_image(path: str | os.PathLike, preprocessing: Mapping[str, Any],
   `preprocessing`: a checkpoint's `meta["preprocessing"]` or `torchvision_preprocessing()`.
   `channels`: the model's `in_channels` (1 or 3).
   Raises UserError for a file that cannot be read or decoded (naming it), and for an unknown
-  source.
+  source. A path that is not valid UTF-8 is read as it is and named with backslash escapes.
   """
   source = preprocessing["source"]
-  key = os.fspath(path)
+  key = transforms.printable_name(path)
   data = _read(path)
   try:
     if is_imagenet(preprocessing):

@@ -28,6 +28,10 @@ Decoding failures (empty, truncated, not an image) raise `pipeline.SkippableReco
 loader substitutes the next record and counts the skip. A full decode is forced with `load()`,
 and `ImageFile.LOAD_TRUNCATED_IMAGES` is never set, so a truncated JPEG cannot slip through
 as a partly grey image.
+
+File names in messages go through `printable_name`: a name that is not valid UTF-8 (bytes
+from the OS, or a str holding surrogate escapes) is shown with backslash escapes
+(`caf\\xe9.JPEG`) instead of failing to encode.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import os
 from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
@@ -66,10 +71,19 @@ Box = tuple[float, float, float, float]  # left, upper, right, lower; original-i
 ChooseBox = Callable[[int, int], Box]  # (width, height) -> crop box
 
 
+def printable_name(name: str | bytes | os.PathLike) -> str:
+  """A file name or path as text that always prints: a name the OS gave as bytes that are not
+  valid UTF-8 (held as bytes, or as a str with surrogate escapes, os.fsdecode's form) shows
+  its odd bytes as backslash escapes: b'caf\\xe9.JPEG' -> 'caf\\xe9.JPEG'."""
+  name = os.fspath(name)
+  if isinstance(name, str):
+    name = name.encode("utf-8", "surrogateescape")
+  return name.decode("utf-8", "backslashreplace")
+
+
 def record_key(record: Mapping[str, Any]) -> str:
-  """The file name of a record, for messages."""
-  key = record.get("file_name", "?")
-  return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+  """The file name of a record, for messages (printable; '?' when the record has none)."""
+  return printable_name(record.get("file_name", "?"))
 
 
 # --------------------------------------------------------------------------------------------

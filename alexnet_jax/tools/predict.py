@@ -202,15 +202,20 @@ def predict_files(loaded: LoadedModel, files: Sequence[str | os.PathLike], *, k:
                   batch_size: int = 32) -> list[dict[str, Any]]:
   """One record per file: {'path', 'top': [{'class', 'name', 'probability'}, ...]} (k
   entries, most probable first) or {'path', 'error'} for a file that cannot be read or decoded.
+  'path' is printable text (transforms.printable_name: bytes of a name that are not UTF-8 as
+  escapes).
   Images go through the model in padded batches of `batch_size` (one compilation)."""
+  from alexnet_jax.data import transforms
   records: list[dict[str, Any] | None] = [None] * len(files)
+  # Paths as printable text: a file name that is not UTF-8 shows its bytes as escapes.
+  shown = [transforms.printable_name(path) for path in files]
   images, slots = [], []
   for i, path in enumerate(files):
     try:
       images.append(loaded.load_image(path))
       slots.append(i)
     except UserError as e:
-      records[i] = {"path": str(path), "error": str(e)}
+      records[i] = {"path": shown[i], "error": str(e)}
   k = min(k, loaded.num_classes)
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size]
@@ -218,7 +223,7 @@ def predict_files(loaded: LoadedModel, files: Sequence[str | os.PathLike], *, k:
     batch = np.stack(chunk + [chunk[-1]] * (batch_size - len(chunk)))
     probabilities = np.asarray(loaded.probe.probabilities(batch), np.float64)
     for row, slot in enumerate(slots[start:start + batch_size]):
-      records[slot] = {"path": str(files[slot]), "top": [
+      records[slot] = {"path": shown[slot], "top": [
           {"class": c, "name": loaded.class_name(c), "probability": p}
           for c, p in top_k(probabilities[row], k)]}
   return records

@@ -111,7 +111,8 @@ class StoreOptions:
 
 @dataclasses.dataclass(frozen=True)
 class FileItem:
-  """One image file on disk, with its tfds file name and label (class index)."""
+  """One image file on disk, with its tfds file name and label (class index). path and
+  file_name as os.fsdecode gives them (surrogate escapes for bytes that are not UTF-8)."""
   path: str
   file_name: str
   label: int
@@ -180,9 +181,12 @@ def plan_folder(folder_dir: str, examples_per_shard: int) -> list[Shard]:
   shards: list[Shard] = []
   for split, tfds_split in TFDS_SPLIT_OF_FOLDER.items():
     source = imagenet.folder_split(folder_dir, split)
-    items = [FileItem(os.path.join(source.root, relative.decode()),
-                      os.path.basename(relative.decode()), int(label))
-             for relative, label in zip(source.relative_paths, source.labels)]
+    # os.fsdecode: a name that is not UTF-8 becomes a str with surrogate escapes, which opens
+    # the same file and os.fsencode turns back into its bytes (write_shard stores those).
+    relatives = [os.fsdecode(bytes(relative)) for relative in source.relative_paths]
+    items = [FileItem(os.path.join(source.root, relative), os.path.basename(relative),
+                      int(label))
+             for relative, label in zip(relatives, source.labels)]
     shards += [ListShard(tfds_split, i, chunk)
                for i, chunk in enumerate(_chunks(items, examples_per_shard))]
   return shards
@@ -319,14 +323,17 @@ def write_shard(shard: Shard, data_dir: str, out_dir: str,
       if pending >= _PROGRESS_EVERY:
         _count_progress(pending)
         pending = 0
+      name = transforms.printable_name(item.file_name)  # for the log and the skipped list
       try:
-        image = stored_image(item.read(), item.file_name, options)
+        image = stored_image(item.read(), name, options)
       except (OSError, pipeline.SkippableRecordError) as e:
-        logging.warning("skipping %s: %s", item.file_name, e)
-        skipped.append(item.file_name)
+        logging.warning("skipping %s: %s", name, e)
+        skipped.append(name)
         continue
+      # The name's own bytes: UTF-8 for a name that is text; a name that is not valid UTF-8
+      # keeps its bytes, which tfds's Text feature stores and returns as they are.
       record = features.serialize_example(
-          {"image": image, "label": item.label, "file_name": item.file_name})
+          {"image": image, "label": item.label, "file_name": os.fsencode(item.file_name)})
       writer.write(record)
       num_examples += 1
       num_bytes += len(record)
