@@ -61,7 +61,8 @@ class SkippableRecordError(ValueError):
   """A record that cannot be decoded (truncated, empty, not an image).
 
   The loaders replace such a record by the next readable one and count it, so one bad file
-  never ends a long run.
+  never ends a long run. The message names the file (its path, or a record's file_name): it
+  is the log line's only clue to which file it was.
   """
 
 
@@ -175,10 +176,11 @@ SKIPPED_KEY, SKIPPED_NOTES_KEY = "skipped", "skipped_notes"
 
 
 def log_skipped(notes) -> None:
-  """Logs the unreadable records of a batch when it is consumed (not when decoded: batches
-  loaded ahead and never used would otherwise log files they never counted)."""
+  """Logs the skipped records of a batch when it is consumed (not when decoded: batches
+  loaded ahead and never used would otherwise log files they never counted). One line per
+  record: its index, then the SkippableRecordError's message, which names the file."""
   for note in notes:
-    logging.warning("skipping unreadable record %s", note)
+    logging.warning("skipping record %s", note)
 
 
 def _load_with_skips(source, transform, index, u, max_tries: int = 100):

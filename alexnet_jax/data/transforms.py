@@ -43,7 +43,7 @@ import os
 from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from alexnet_jax.data import pipeline
 from alexnet_jax.errors import UserError
@@ -86,6 +86,19 @@ def record_key(record: Mapping[str, Any]) -> str:
   return printable_name(record.get("file_name", "?"))
 
 
+def _decode_error(key: str, error: Exception, data: bytes) -> pipeline.SkippableRecordError:
+  """The skip for `error` raised while decoding `data`, the file `key`, naming the file
+  (Pillow's 'cannot identify image file <_io.BytesIO object at 0x...>' names only its
+  buffer)."""
+  if not data:
+    reason = "the file is empty"
+  elif isinstance(error, UnidentifiedImageError):
+    reason = "not a JPEG, PNG or other image format Pillow reads"
+  else:
+    reason = str(error) or type(error).__name__
+  return pipeline.SkippableRecordError(f"cannot decode image {key}: {reason}")
+
+
 # --------------------------------------------------------------------------------------------
 # Decoding
 
@@ -95,7 +108,7 @@ def open_header(data: bytes, key: str) -> Image.Image:
   try:
     return Image.open(io.BytesIO(data))
   except _DECODE_ERRORS as e:
-    raise pipeline.SkippableRecordError(f"cannot decode image {key!r}: {e}") from e
+    raise _decode_error(key, e, data) from e
 
 
 # Greyscale modes wider than 8 bits (16-bit PNG, 32-bit integer TIFF). PIL's convert("RGB")
@@ -129,7 +142,7 @@ def decode_rgb(data: bytes, key: str,
     if image.mode != "RGB":
       image = image.convert("RGB")  # L, CMYK, P, RGBA ...
   except _DECODE_ERRORS as e:
-    raise pipeline.SkippableRecordError(f"cannot decode image {key!r}: {e}") from e
+    raise _decode_error(key, e, data) from e
   return image
 
 
