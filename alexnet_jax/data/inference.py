@@ -72,8 +72,9 @@ def load_image(path: str | os.PathLike, preprocessing: Mapping[str, Any],
 
   `preprocessing`: a checkpoint's `meta["preprocessing"]` or `torchvision_preprocessing()`.
   `channels`: the model's `in_channels` (1 or 3).
-  Raises UserError for a file that cannot be read or decoded (naming it), and for an unknown
-  source. A path that is not valid UTF-8 is read as it is and named with backslash escapes.
+  Raises UserError for a file that cannot be read or decoded (naming it), one larger than
+  transforms.MAX_IMAGE_PIXELS (the large-image rule of training), and for an unknown source.
+  A path that is not valid UTF-8 is read as it is and named with backslash escapes.
   """
   source = preprocessing["source"]
   key = transforms.printable_name(path)

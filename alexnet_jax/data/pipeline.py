@@ -58,7 +58,7 @@ class RandomAccessSource(Protocol):
 
 
 class SkippableRecordError(ValueError):
-  """A record that cannot be decoded (truncated, empty, not an image).
+  """A record that cannot be decoded (truncated, empty, not an image, too large).
 
   The loaders replace such a record by the next readable one and count it, so one bad file
   never ends a long run. The message names the file (its path, or a record's file_name): it

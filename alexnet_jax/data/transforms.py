@@ -29,6 +29,13 @@ loader substitutes the next record and counts the skip. A full decode is forced 
 and `ImageFile.LOAD_TRUNCATED_IMAGES` is never set, so a truncated JPEG cannot slip through
 as a partly grey image.
 
+One large-image rule for every decoder and tool (`check_image_size`): an image of at most
+MAX_IMAGE_PIXELS pixels is decoded (a JPEG at reduced DCT scale when draft mode allows), a
+larger one raises `ImageTooLargeError` (a SkippableRecordError) before any pixel is decoded.
+It replaces Pillow's own decompression-bomb check, which refused at a different size than
+simplejpeg (which has none) and counted the pixels of the full-size image even where draft
+mode decodes 1/64 of them.
+
 File names in messages go through `printable_name`: a name that is not valid UTF-8 (bytes
 from the OS, or a str holding surrogate escapes) is shown with backslash escapes
 (`caf\\xe9.JPEG`) instead of failing to encode.
@@ -71,6 +78,38 @@ Box = tuple[float, float, float, float]  # left, upper, right, lower; original-i
 ChooseBox = Callable[[int, int], Box]  # (width, height) -> crop box
 
 
+# The large-image rule. 2**28 = 268,435,456 pixels (e.g. 20000 x 13400): over 1000 times a
+# typical ImageNet photo (500x375) and ~4 times a 64-megapixel camera frame, so no real photo
+# is refused, while a file whose header claims more (a decompression bomb: a few KB saying
+# 65535 x 65535) is. What one decode holds at the limit: 12-16 MiB for a JPEG at 1/8 scale
+# (draft mode: what a crop at ImageNet's scale of such an image needs), 1 GiB for a full
+# decode (Pillow keeps 4 bytes a pixel: a PNG, or data.jpeg_draft=False).
+MAX_IMAGE_PIXELS = 1 << 28
+# Pillow's own check (warns above ~89.5 Mpx, refuses above ~179 Mpx, whatever draft mode
+# decodes) is replaced by check_image_size, which every decode here calls, so that Pillow and
+# simplejpeg accept exactly the same files. Set once for the process.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageTooLargeError(pipeline.SkippableRecordError):
+  """An image with more than MAX_IMAGE_PIXELS pixels: skipped and counted like an unreadable
+  file (a user error in predict)."""
+
+
+def check_image_size(width: int, height: int, key: str) -> None:
+  """The one large-image rule, from the header alone (before any pixel is decoded).
+
+  width, height: the image's full size in pixels; key: its name, for the message.
+  Raises ImageTooLargeError when width * height > MAX_IMAGE_PIXELS.
+  """
+  pixels = width * height
+  if pixels > MAX_IMAGE_PIXELS:
+    raise ImageTooLargeError(
+        f"image {key} is {width}x{height} pixels ({pixels / 1e6:.0f} megapixels), more than "
+        f"the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels alexnet_jax decodes (its large-image "
+        "rule, docs/data.md); shrink the file if it is meant to be used.")
+
+
 def printable_name(name: str | bytes | os.PathLike) -> str:
   """A file name or path as text that always prints: a name the OS gave as bytes that are not
   valid UTF-8 (held as bytes, or as a str with surrogate escapes, os.fsdecode's form) shows
@@ -104,11 +143,17 @@ def _decode_error(key: str, error: Exception, data: bytes) -> pipeline.Skippable
 
 
 def open_header(data: bytes, key: str) -> Image.Image:
-  """The image with only its header read (size, mode, format); pixels are not decoded yet."""
+  """The image with only its header read (size, mode, format); pixels are not decoded yet.
+
+  Raises `pipeline.SkippableRecordError` naming `key` for bytes that are not an image, and
+  ImageTooLargeError for one over the large-image rule (`check_image_size`).
+  """
   try:
-    return Image.open(io.BytesIO(data))
+    image = Image.open(io.BytesIO(data))
   except _DECODE_ERRORS as e:
     raise _decode_error(key, e, data) from e
+  check_image_size(*image.size, key)
+  return image
 
 
 # Greyscale modes wider than 8 bits (16-bit PNG, 32-bit integer TIFF). PIL's convert("RGB")
@@ -130,10 +175,11 @@ def decode_rgb(data: bytes, key: str,
                before_load: Callable[[Image.Image], None] | None = None) -> Image.Image:
   """Fully decodes `data` into an RGB image; `before_load(image)` may set up draft mode.
 
-  Raises `pipeline.SkippableRecordError` naming `key` when the bytes are not a whole image.
+  Raises `pipeline.SkippableRecordError` naming `key` when the bytes are not a whole image,
+  ImageTooLargeError (before decoding) for one over the large-image rule.
   """
+  image = open_header(data, key)  # the large-image rule first, from the header
   try:
-    image = Image.open(io.BytesIO(data))
     if before_load is not None:
       before_load(image)
     image.load()  # decode everything now: a truncated file fails here, not later
@@ -173,16 +219,18 @@ def _pillow_draft_scale(width: int, height: int, box: Box, out_size: tuple[int, 
   return next(a for a in (8, 4, 2, 1) if scale >= a)
 
 
-def _fast_decode_region(data: bytes, choose_box: ChooseBox, out_size: tuple[int, int],
-                        use_draft: bool) -> np.ndarray | None:
+def _fast_decode_region(data: bytes, key: str, choose_box: ChooseBox,
+                        out_size: tuple[int, int], use_draft: bool) -> np.ndarray | None:
   """The region as an (H, W, 3) uint8 array through simplejpeg, or None for anything it does
-  not take exactly like Pillow (the caller then uses Pillow)."""
+  not take exactly like Pillow (the caller then uses Pillow). Raises ImageTooLargeError, as
+  the Pillow path does, for an image over the large-image rule."""
   if not data.startswith(_JPEG_SOI):
     return None
   try:
     height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
   except ValueError:
     return None
+  check_image_size(width, height, key)
   if colorspace not in _FAST_COLORSPACES:
     return None
   box = choose_box(width, height)
@@ -222,7 +270,7 @@ def decode_region_array(data: bytes, key: str, choose_box: ChooseBox,
   to Pillow for whatever it refuses. Raises `pipeline.SkippableRecordError` naming `key`.
   """
   if decoder == "simplejpeg":
-    array = _fast_decode_region(data, choose_box, out_size, use_draft)
+    array = _fast_decode_region(data, key, choose_box, out_size, use_draft)
     if array is not None:
       return array
   return np.asarray(decode_region(data, key, choose_box, out_size, use_draft))
@@ -236,7 +284,7 @@ def decode_region(data: bytes, key: str, choose_box: ChooseBox, out_size: tuple[
   `pipeline.SkippableRecordError` naming `key` when the bytes are not a whole image.
   """
   if decoder == "simplejpeg":
-    array = _fast_decode_region(data, choose_box, out_size, use_draft)
+    array = _fast_decode_region(data, key, choose_box, out_size, use_draft)
     if array is not None:
       return Image.fromarray(np.ascontiguousarray(array))
   box = None

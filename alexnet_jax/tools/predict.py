@@ -201,9 +201,9 @@ def top_k(probabilities: np.ndarray, k: int) -> list[tuple[int, float]]:
 def predict_files(loaded: LoadedModel, files: Sequence[str | os.PathLike], *, k: int = 5,
                   batch_size: int = 32) -> list[dict[str, Any]]:
   """One record per file: {'path', 'top': [{'class', 'name', 'probability'}, ...]} (k
-  entries, most probable first) or {'path', 'error'} for a file that cannot be read or decoded.
-  'path' is printable text (transforms.printable_name: bytes of a name that are not UTF-8 as
-  escapes).
+  entries, most probable first) or {'path', 'error'} for a file that cannot be read or decoded,
+  or is over the large-image rule (data.transforms.MAX_IMAGE_PIXELS). 'path' is printable
+  text (transforms.printable_name: bytes of a name that are not UTF-8 as escapes).
   Images go through the model in padded batches of `batch_size` (one compilation)."""
   from alexnet_jax.data import transforms
   records: list[dict[str, Any] | None] = [None] * len(files)
