@@ -81,9 +81,11 @@ ChooseBox = Callable[[int, int], Box]  # (width, height) -> crop box
 # The large-image rule. 2**28 = 268,435,456 pixels (e.g. 20000 x 13400): over 1000 times a
 # typical ImageNet photo (500x375) and ~4 times a 64-megapixel camera frame, so no real photo
 # is refused, while a file whose header claims more (a decompression bomb: a few KB saying
-# 65535 x 65535) is. What one decode holds at the limit: 12-16 MiB for a JPEG at 1/8 scale
-# (draft mode: what a crop at ImageNet's scale of such an image needs), 1 GiB for a full
-# decode (Pillow keeps 4 bytes a pixel: a PNG, or data.jpeg_draft=False).
+# 65535 x 65535) is. What one decode holds at the limit: 12-16 MiB for a baseline JPEG at 1/8
+# scale (draft mode: what a crop at ImageNet's scale of such an image needs); a progressive
+# JPEG also keeps all its DCT coefficients, 2 bytes a sample (~0.8 GiB for 4:2:0 colour;
+# measured +350 MB for a 16000x11200 grey one, +20 MB baseline); a full decode (a PNG, or
+# data.jpeg_draft=False) up to 1 GiB (Pillow keeps 4 bytes a pixel).
 MAX_IMAGE_PIXELS = 1 << 28
 # Pillow's own check (warns above ~89.5 Mpx, refuses above ~179 Mpx, whatever draft mode
 # decodes) is replaced by check_image_size, which every decode here calls, so that Pillow and
