@@ -98,6 +98,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Persistent XLA compilation cache: "" = the user's cache directory
   # ($XDG_CACHE_HOME or ~/.cache)/alexnet_jax/jax_compilation_cache; "off" disables it.
   c.compilation_cache_dir = ""
+  # Seconds a multi-process job waits for all its processes to join (jax.distributed) before
+  # it ends with one error line and status 1 (JAX alone would abort after 300 s with a C++
+  # stack trace). Large jobs whose hosts start minutes apart may need more.
+  c.distributed_timeout_s = 300
   # Warn once when the train loss stays within 1% of chance (ln num_classes) for this many
   # steps after warm-up; <= 0 never warns.
   c.stall_warning_steps = 200
