@@ -24,9 +24,10 @@ from alexnet_jax import models, optim, sharding, state as state_lib, steps
 from alexnet_jax.errors import UserError
 from alexnet_jax.transfer import finetune
 
-# Version of the checkpoint layout (meta["format"]). 2: the data position is the step (no
-# Grain iterator state is needed to resume); 1 checkpoints restore the same way.
-CHECKPOINT_FORMAT = 2
+# Version of the checkpoint layout (meta["format"]). 3: meta["config"] records the whole config
+# (the resume contract, checkpoint.check_resume); 2: the data position is the step (no Grain
+# iterator state is needed to resume). 1 and 2 checkpoints restore the same way.
+CHECKPOINT_FORMAT = 3
 MODES = ("train", "eval")
 
 
@@ -59,7 +60,8 @@ class Experiment:
   eval_step: Callable
 
   def checkpoint_meta(self) -> dict[str, Any]:
-    """What a checkpoint records about the model and the inputs it expects (JSON)."""
+    """What a checkpoint records (JSON): the model and the inputs it expects, the class names,
+    and the whole config that wrote it (checked on resume: checkpoint.check_resume)."""
     c = self.config
     return {
         "format": CHECKPOINT_FORMAT,
@@ -68,6 +70,7 @@ class Experiment:
                           "std": list(c.data.std), "image_size": c.model.image_size,
                           "resize_size": c.data.resize_size},
         "class_names": list(self.info.class_names or []),
+        "config": c.to_dict(),
     }
 
   def epoch_of(self, step: int) -> float:
@@ -173,7 +176,7 @@ def build(config: Any, mode: str = "train",
     else:
       total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
     eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
-    lr_schedule = optim.make_schedule(config, steps_per_epoch, total_steps)
+    lr_schedule = optim.learning_rate_fn(config, steps_per_epoch, total_steps)
 
   size, channels = config.model.image_size, config.model.in_channels
   input_shape = (1, size, size, channels)
@@ -187,8 +190,9 @@ def build(config: Any, mode: str = "train",
   if lr_schedule is not None:
     # Traced under the mesh, so the model can place its towers on the 'model' axis.
     train_step = jax.jit(
-        sharding.with_mesh(steps.make_train_step(model, tx, lr_schedule, mean, std, size,
-                                                 train_split.info.train_augment), mesh),
+        sharding.with_mesh(steps.make_train_step(
+            model, tx, lr_schedule, optim.hyperparams(config), mean, std, size,
+            train_split.info.train_augment), mesh),
         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
         donate_argnums=(0,))
   eval_step = jax.jit(

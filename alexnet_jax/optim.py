@@ -2,9 +2,11 @@
 
 SGD in the paper's exact form: v <- momentum * v - lr * (g + wd * w); w <- w + v. The rate
 sits inside the momentum buffer (optax.sgd scales after it), which matters as soon as the rate
-changes. The rate is an injected hyperparameter, set every step from
-`schedule(step) * lr_scale`; `lr_scale` lives in the train state so that the plateau rule
-(a decision made on the host after an evaluation) survives checkpoints.
+changes. The rate and the other numeric hyperparameters (momentum, weight decay, ...) are injected
+(optax.inject_hyperparams) and set from the config at every step, so a resumed run trains with
+the values its config gives. With schedule.name='plateau' the rate is `schedule(step) * scale`;
+the scale lives in the train state so that the plateau rule (a decision made on the host after
+an evaluation) survives checkpoints.
 
 `config.freeze` (a regex over parameter paths such as 'conv1/kernel') routes the matching
 parameters to `optax.set_to_zero()` inside the injected optimizer: they get no update, no weight
@@ -102,36 +104,49 @@ def lars(learning_rate: float, momentum: float, weight_decay: float, trust_coeff
       nesterov=nesterov), freeze)
 
 
-def make_optimizer(config: Any) -> optax.GradientTransformation:
-  """The configured optimizer with `learning_rate` injected, so each step can set it."""
+def hyperparams(config: Any) -> dict[str, float]:
+  """The optimizer's numeric hyperparameters other than the rate, by the names its injected
+  state uses (optax.inject_hyperparams): set from the config at every step (steps.py), so a
+  run resumed with new values trains with them, not with those its checkpoint recorded."""
   opt = config.optimizer
-  freeze = config.get("freeze", "")
-  if freeze:
-    compile_pattern("freeze", freeze)  # a bad pattern fails here, before any tracing
-  if opt.name == "sgd":
-    return optax.inject_hyperparams(
-        paper_sgd, static_args=("nesterov", "decay_biases", "freeze"))(
-        learning_rate=opt.learning_rate, momentum=opt.momentum,
-        weight_decay=opt.weight_decay, nesterov=opt.nesterov, decay_biases=opt.decay_biases,
-        freeze=freeze)
-  if opt.name == "lars":
-    return optax.inject_hyperparams(lars, static_args=("nesterov", "decay_biases", "freeze"))(
-        learning_rate=opt.learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay,
-        trust_coefficient=opt.trust_coefficient, nesterov=opt.nesterov,
-        decay_biases=opt.decay_biases, freeze=freeze)
-  if opt.name == "adamw":
-    return optax.inject_hyperparams(adamw, static_args=("decay_biases", "freeze"))(
-        learning_rate=opt.learning_rate, b1=opt.b1, b2=opt.b2,
-        weight_decay=opt.weight_decay, decay_biases=opt.decay_biases, freeze=freeze)
-  raise UserError(f"optimizer.name={opt.name!r} is not one of "
-                   f"{', '.join(map(repr, OPTIMIZERS))}.")
+  names = {"sgd": ("momentum", "weight_decay"),
+           "lars": ("momentum", "weight_decay", "trust_coefficient"),
+           "adamw": ("b1", "b2", "weight_decay")}
+  if opt.name not in names:
+    raise UserError(f"optimizer.name={opt.name!r} is not one of "
+                    f"{', '.join(map(repr, OPTIMIZERS))}.")
+  return {name: float(opt[name]) for name in names[opt.name]}
+
+
+def make_optimizer(config: Any) -> optax.GradientTransformation:
+  """The configured optimizer with its rate and `hyperparams(config)` injected, so each step
+  sets them. Raises UserError for an unknown optimizer.name or an invalid `freeze` regex."""
+  opt = config.optimizer
+  numeric = dict(hyperparams(config), learning_rate=opt.learning_rate)
+  if config.freeze:
+    compile_pattern("freeze", config.freeze)  # a bad pattern fails here, before any tracing
+  static = dict(decay_biases=opt.decay_biases, freeze=config.freeze)
+  if opt.name in ("sgd", "lars"):
+    static["nesterov"] = opt.nesterov
+  factory = {"sgd": paper_sgd, "lars": lars, "adamw": adamw}[opt.name]
+  return optax.inject_hyperparams(factory, static_args=tuple(static))(**numeric, **static)
+
+
+def learning_rate_fn(config: Any, steps_per_epoch: int, total_steps: int) -> Callable:
+  """(step, schedule state) -> the step's learning rate: `make_schedule`'s rate, times the
+  plateau rule's scale when schedule.name is 'plateau' (the scale is that rule's alone: a run
+  resumed under another schedule does not inherit a plateau's reductions)."""
+  base = make_schedule(config, steps_per_epoch, total_steps)
+  if config.schedule.name == "plateau":
+    return lambda step, schedule_state: base(step) * schedule_state["scale"]
+  return lambda step, schedule_state: base(step)
 
 
 def make_schedule(config: Any, steps_per_epoch: int, total_steps: int) -> Callable:
   """step -> base learning rate (before the plateau scale)."""
   sched = config.schedule
   peak = config.optimizer.learning_rate
-  base_batch = config.optimizer.get("base_batch_size", 0)
+  base_batch = config.optimizer.base_batch_size
   if base_batch > 0:  # linear scaling: learning_rate is the rate for base_batch images
     peak = peak * config.batch_size / base_batch
   warmup = int(round(sched.warmup_epochs * steps_per_epoch))
@@ -146,7 +161,7 @@ def make_schedule(config: Any, steps_per_epoch: int, total_steps: int) -> Callab
                                          alpha=sched.end_factor)
     main = lambda step: cosine(jnp.maximum(step - warmup, 0))  # decays once warmup is over
   elif sched.name == "poly":  # You et al.'s LARS runs: peak * (1 - t)^power, t from 0 to 1
-    poly = optax.polynomial_schedule(peak, peak * sched.end_factor, sched.get("power", 2.0),
+    poly = optax.polynomial_schedule(peak, peak * sched.end_factor, sched.power,
                                      max(1, total_steps - warmup))
     main = lambda step: poly(jnp.maximum(step - warmup, 0))
   else:

@@ -54,9 +54,13 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    lr_schedule: Callable, mean, std, image_size: int,
-                    train_augment: augment.Augment | None = None) -> Callable:
+                    learning_rate: Callable, hyperparams: dict[str, float], mean, std,
+                    image_size: int, train_augment: augment.Augment | None = None) -> Callable:
   """(state, batch) -> (state, metrics).
+
+  learning_rate: (step, state['schedule']) -> the step's rate (optim.learning_rate_fn).
+  hyperparams: the optimizer's other injected hyperparameters (optim.hyperparams), written
+  into the optimizer state every step: the config's values rule, not the checkpoint's.
 
   batch: {'image': uint8 (B, H, W, C), 'label': int32 (B,)}, global, sharded over 'data'.
   train_augment: the per-image mirror and colour noise added before normalization
@@ -89,8 +93,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
     (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"])
-    lr = lr_schedule(step) * state["schedule"]["scale"]
+    lr = learning_rate(step, state["schedule"])
     opt_state = state["opt_state"]
+    for name, value in hyperparams.items():
+      opt_state.hyperparams[name] = jnp.asarray(value, jnp.float32)
     opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
     updates, opt_state = tx.update(grads, opt_state, state["params"])
     params = optax.apply_updates(state["params"], updates)

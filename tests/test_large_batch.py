@@ -97,8 +97,9 @@ def test_batch_statistics_are_over_the_global_batch():
     _, shardings = state_lib.abstract_train_state(model, tx, (1, 227, 227, 3), mesh)
     state = state_lib.create_train_state(model, tx, (1, 227, 227, 3), mesh, seed=0)
     step = jax.jit(
-        sharding.with_mesh(steps.make_train_step(model, tx, lambda s: 0.01, 120.0, 60.0, 227),
-                           mesh),
+        sharding.with_mesh(steps.make_train_step(model, tx, lambda s, _: 0.01,
+                                                 {"momentum": 0.9, "weight_decay": 5e-4},
+                                                 120.0, 60.0, 227), mesh),
         in_shardings=(shardings, sharding.batch_sharding(mesh)))
     state, metrics = step(state, sharding.to_global_batch(host_batch, mesh))
     results[devices] = (float(metrics["loss"]), sharding.to_host(state["batch_stats"]))

@@ -40,12 +40,20 @@ class _DropLibraryInfo(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or not noisy
 
 
-def _drop_closed_loop_callbacks(unraisable) -> None:
-  """sys.unraisablehook: TensorStore's callbacks into an event loop that Orbax already closed
-  (after a failed save) raise 'Event loop is closed' dozens of times; everything else goes to
-  Python's default hook."""
+def _drop_library_unraisables(unraisable) -> None:
+  """sys.unraisablehook for two kinds of library noise; everything else goes to Python's
+  default hook:
+  - TensorStore's callbacks into an event loop that Orbax already closed (after a failed
+    save) raise 'Event loop is closed' dozens of times;
+  - Orbax's read coroutines of a damaged checkpoint, abandoned when the first read failed,
+    print ~65 lines each of TensorStore spec when collected; the failure itself reached the
+    trainer, which reports it in one line (checkpoint.restore_for_resume).
+  """
   value = unraisable.exc_value
   if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+    return
+  code = getattr(unraisable.object, "cr_code", None)
+  if code is not None and "/orbax/" in code.co_filename:
     return
   sys.__unraisablehook__(unraisable)
 
@@ -70,7 +78,7 @@ def quiet_library_logs() -> None:
   their own Python loggers, and on the root logger's handlers; this project's own INFO lines
   are kept. Calling it again changes nothing.
   """
-  sys.unraisablehook = _drop_closed_loop_callbacks
+  sys.unraisablehook = _drop_library_unraisables
   current = os.environ.get("PYTHONWARNINGS", "")
   if TRACKER_WARNINGS not in current:
     os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current, TRACKER_WARNINGS]))
