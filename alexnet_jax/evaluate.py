@@ -12,7 +12,7 @@ from __future__ import annotations
 import pathlib
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -38,12 +38,15 @@ def _view_text(exp: Experiment, ten_crop: bool | None) -> str:
 
 def run_eval(exp: Experiment, params: Any, batch_stats: Any = None, *,
              ten_crop: bool | None = None, view_counts: Any = None,
-             batches: Any = None) -> dict[str, float]:
+             batches: Any = None, stop: Callable[[], bool] | None = None,
+             ) -> dict[str, float] | None:
   """Metrics {'eval/loss', 'eval/top1', 'eval/top5', 'eval/num_examples', 'eval/skipped',
   'eval/seconds'} of `params` (and alexnet_bn's running `batch_stats`; None for none) on the
   eval split. ten_crop: the view (None: `data.ten_crop`). view_counts: a report.ViewCounts
   that also receives every counted row's top-5. batches: the pass's `DeviceBatches` when
-  already started (hooks.EvalPrestart), else made here; closed here. Loss and accuracies are
+  already started (hooks.EvalPrestart), else made here; closed here. stop: asked after every
+  batch (every process at the same batch); when it says True the pass is abandoned and None
+  returned (a stop request during training). Loss and accuracies are
   float64 host sums divided by the count, exact for any split size. Raises RuntimeError if
   nothing was readable.
   """
@@ -66,6 +69,10 @@ def run_eval(exp: Experiment, params: Any, batch_stats: Any = None, *,
   done = 0
   try:
     for batch in batches:
+      if stop is not None and stop():
+        logging.info("Evaluation abandoned after %d of %d batches (stop requested).", done,
+                     num_batches)
+        return None
       sums = exp.eval_step(params, batch_stats, batch)
       rows = sums.pop("rows")
       for key, value in jax.device_get(sums).items():

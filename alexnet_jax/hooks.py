@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 
 from alexnet_jax import optim, sharding
 from alexnet_jax.errors import UserError
+from alexnet_jax.runtime import interrupts
 
 # Past this many records read, more than data.max_skip_fraction unreadable ones stops the run
 # (a smaller sample says too little: one bad file in the first batch is not a broken dataset).
@@ -38,23 +39,35 @@ class TrainingDiverged(UserError):
 
 
 class StopRequest:
-  """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and returns.
+  """Whether SIGTERM/SIGINT asked the loop to stop: it finishes its step, abandons an
+  evaluation, checkpoints and returns.
 
-  A second SIGINT (Ctrl-C twice) stops at once with a one-line message (no traceback).
+  Under the command line the process's runtime.interrupts policy is in force (a second
+  Ctrl-C exits at once); used as a library, plain handlers record the signal while the loop
+  runs and are put back by `restore_handlers`.
   """
 
   def __init__(self):
-    self.signum: int | None = None
+    self._interrupts = interrupts.current()
+    self._local: int | None = None
     self._previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
+    if self._interrupts is not None:
+      self._interrupts.raise_early = False
+    else:
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
 
   def _handle(self, signum, frame):
-    if self.signum is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.signum = signum
-    logging.warning("Received %s: stopping after this step and saving a checkpoint.",
-                    signal.Signals(signum).name)
+    del frame
+    if self._local is None:
+      self._local = signum
+      logging.warning("Received %s: stopping after this step and saving a checkpoint.",
+                      signal.Signals(signum).name)
+
+  @property
+  def signum(self) -> int | None:
+    """The first signal received, or None."""
+    return self._interrupts.signum if self._interrupts is not None else self._local
 
   def requested(self, step: int, every: int) -> bool:
     """Whether to stop after `step`. One process: the local flag, every step (no device
@@ -67,10 +80,22 @@ class StopRequest:
       return False
     return bool(multihost_utils.process_allgather(np.int32(local)).max())
 
+  def requested_now(self) -> bool:
+    """Whether to stop now (between two evaluation batches): agreed by every process at each
+    call (an all-gather of one int when there are several)."""
+    local = self.signum is not None
+    if jax.process_count() == 1:
+      return local
+    return bool(multihost_utils.process_allgather(np.int32(local)).max())
+
   def restore_handlers(self) -> None:
-    """Puts back the SIGTERM/SIGINT handlers that were installed before."""
+    """Ends the loop's handling: the process policy stops start-up again, or the plain
+    handlers installed before come back."""
+    if self._interrupts is not None:
+      self._interrupts.raise_early = True
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    self._previous = {}
 
 
 class TrainMeter:

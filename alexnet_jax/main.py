@@ -77,19 +77,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     raise
 
 
-class _StoppedEarly(Exception):
-  """A SIGTERM/SIGINT while the training loop's own handlers were not installed."""
-
-  def __init__(self, signum: int):
-    super().__init__(signum)
-    self.signum = signum
-
-
-def _stop_before_the_loop(signum, frame) -> None:
-  del frame
-  raise _StoppedEarly(signum)
-
-
 def run(config, workdir: str, mode: str) -> int:
   """Builds the experiment and trains or evaluates; returns the exit status."""
   import jax  # after absl parsed the flags, so JAX picks up its own flags and env
@@ -117,7 +104,7 @@ def main(argv):
   with the user-error policy of this module. Returns the exit status."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from alexnet_jax.runtime import cpu_runtime, logs
+  from alexnet_jax.runtime import cpu_runtime, interrupts, logs
 
   logs.quiet_library_logs()
   config = _CONFIG.value
@@ -127,32 +114,27 @@ def main(argv):
                                     model_parallel=config.parallel.model,
                                     num_processes=_NUM_PROCESSES.value or 1):
     logging.info("CPU runtime: %s", line)
-  # Until the training loop installs its own handlers (finish the step, save, exit), a signal
-  # stops here with a message instead of killing the process silently.
-  for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, _stop_before_the_loop)
+  # SIGTERM/Ctrl-C for the process's whole life: before the training loop a signal stops
+  # start-up with one line; in the loop, the step finishes and a checkpoint is written; a
+  # second Ctrl-C exits at once (runtime/interrupts.py).
+  interrupts.install()
   try:
     return run(config, _WORKDIR.value, _MODE.value)
-  except _StoppedEarly as e:
-    print(f"error: stopped by {signal.Signals(e.signum).name} outside the training loop (while "
-          "starting, evaluating or closing); checkpoints written so far are kept.",
-          file=sys.stderr, flush=True)
-    return 128 + e.signum
+  except interrupts.StoppedEarly as e:
+    # Leave without unwinding: XLA's threads may still be busy (a compile, a restore).
+    interrupts.exit_now(128 + e.signum, (
+        f"error: stopped by {signal.Signals(e.signum).name} outside the training loop (while "
+        "starting, evaluating or closing); checkpoints written so far are kept."))
   except UserError as e:
     if _TRACEBACK.value:
       traceback.print_exc()
-    print(f"error: {e}", file=sys.stderr, flush=True)
     if isinstance(e, CheckpointWriteError):
       # Orbax's writer threads are left mid-failure; letting the interpreter tear them down
       # aborted the process ('terminate called ...') after this message. Leave at once: the
       # message is out, the last complete checkpoint is on disk, Grain workers follow us.
-      sys.stdout.flush()
-      os._exit(1)
+      interrupts.exit_now(1, f"error: {e}")
+    print(f"error: {e}", file=sys.stderr, flush=True)
     return 2 if isinstance(e, UsageError) else 1
-  except KeyboardInterrupt:
-    print("error: interrupted (second Ctrl-C); the last checkpoint written is kept.",
-          file=sys.stderr, flush=True)
-    return 130
   except Exception:
     traceback.print_exc()
     print(f"error: {REPORT_BUG}", file=sys.stderr, flush=True)

@@ -31,9 +31,6 @@ from alexnet_jax.runtime import logs
 from alexnet_jax.transfer import finetune
 
 LOCK_FILE = ".alexnet_jax.lock"
-# Suffix a damaged checkpoint directory is renamed with, so the run can go on from an earlier
-# step and the user can still inspect it (Orbax ignores names that are not integers).
-DAMAGED_SUFFIX = ".damaged"
 
 
 @dataclasses.dataclass
@@ -70,33 +67,6 @@ def _lock(workdir: pathlib.Path) -> filelock.BaseFileLock:
                     "finish or stop it, or use another --workdir.") from None
   (workdir / (LOCK_FILE + ".pid")).write_text(f"{os.getpid()}\n")
   return lock
-
-
-def _restore_latest_readable(exp: Experiment, checkpointer: ckpt_lib.Checkpointer,
-                             log) -> tuple[Any, int] | None:
-  """(state, step) of the newest checkpoint that restores, or None when there is none.
-
-  A checkpoint of another model stops the run (UserError). A damaged one (truncated array,
-  missing file) is renamed <step>.damaged, named in the log, and the next older one is tried.
-  """
-  abstract = ckpt_lib.abstract_like(exp.abstract_state, exp.state_shardings)
-  for step in sorted(checkpointer.all_steps(), reverse=True):
-    try:
-      meta = checkpointer.read_meta(step)
-      ckpt_lib.check_compatible(meta, exp.config.model.to_dict(), str(checkpointer.directory))
-      state = checkpointer.restore(step, abstract)
-      return state, step
-    except UserError:
-      raise
-    except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable
-      damaged = checkpointer.directory / f"{step}{DAMAGED_SUFFIX}"
-      if jax.process_index() == 0:
-        os.replace(checkpointer.directory / str(step), damaged)
-      logging.warning("Checkpoint step %d in %s could not be read (%s: %s); moved it to %s "
-                      "and trying the previous one.", step, checkpointer.directory,
-                      type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "", damaged)
-      checkpointer.reload()
-  return None
 
 
 def _init_state(exp: Experiment, log) -> Any:
@@ -196,7 +166,9 @@ def train_and_evaluate(exp: Experiment, workdir: str | pathlib.Path) -> TrainRes
   try:
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     # Checked before anything is written, so a refused resume leaves the workdir as it was.
-    restored = _restore_latest_readable(exp, checkpointer, log)
+    restored = ckpt_lib.restore_for_resume(
+        checkpointer, ckpt_lib.abstract_like(exp.abstract_state, exp.state_shardings),
+        config, log)
     if restored is not None:
       state, step = restored
       if step >= exp.total_steps:
@@ -289,18 +261,21 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
                                            // jax.process_count()))
 
       if hooks.evaluates_at(step, exp.eval_every_steps, exp.total_steps, config.eval_at_end):
-        eval_metrics = evaluate.run_eval(exp, state["params"], state["batch_stats"],
-                                         batches=eval_prestart.take())
-        meter.exclude(eval_metrics["eval/seconds"])  # images/s is the training rate
-        eval_metrics["train/epoch"] = exp.epoch_of(step)
-        writer.write(step, eval_metrics)
-        log(f"eval at step {step}: loss {eval_metrics['eval/loss']:.4f} top1 "
-            f"{eval_metrics['eval/top1']:.4f} top5 {eval_metrics['eval/top5']:.4f} "
-            f"({eval_metrics['eval/num_examples']} examples, "
-            f"{eval_metrics['eval/seconds']:.1f} s)")
-        state = hooks.update_plateau(config, exp.mesh, state, eval_metrics["eval/top1"], log)
-        picture = hooks.filters_image(config.model.variant, state["params"]["conv1"]["kernel"])
-        writer.image(step, "filters/conv1", picture)
+        metrics_now = evaluate.run_eval(exp, state["params"], state["batch_stats"],
+                                        batches=eval_prestart.take(), stop=stop.requested_now)
+        if metrics_now is not None:  # None: abandoned for a stop request
+          eval_metrics = metrics_now
+          meter.exclude(eval_metrics["eval/seconds"])  # images/s is the training rate
+          eval_metrics["train/epoch"] = exp.epoch_of(step)
+          writer.write(step, eval_metrics)
+          log(f"eval at step {step}: loss {eval_metrics['eval/loss']:.4f} top1 "
+              f"{eval_metrics['eval/top1']:.4f} top5 {eval_metrics['eval/top5']:.4f} "
+              f"({eval_metrics['eval/num_examples']} examples, "
+              f"{eval_metrics['eval/seconds']:.1f} s)")
+          state = hooks.update_plateau(config, exp.mesh, state, eval_metrics["eval/top1"], log)
+          picture = hooks.filters_image(config.model.variant,
+                                        state["params"]["conv1"]["kernel"])
+          writer.image(step, "filters/conv1", picture)
 
       eval_prestart.after_step(step, hooks.next_eval_step(
           step, exp.eval_every_steps, exp.total_steps, config.eval_at_end))
