@@ -84,7 +84,8 @@ def run(config, workdir: str, mode: str) -> int:
   from alexnet_jax import evaluate, experiment, train
   from alexnet_jax.runtime import compilation_cache, distributed
 
-  distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               timeout_s=config.distributed_timeout_s)
   cache = compilation_cache.enable(config.get("compilation_cache_dir", ""))
   logging.info("Compilation cache: %s", cache or "off")
   exp = experiment.build(config, mode)

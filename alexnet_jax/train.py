@@ -87,6 +87,8 @@ def _format_line(step: int, exp: Experiment, metrics: dict[str, float], eta_s: f
     line += f" | {metrics['train/images_per_sec']:.1f} img/s"
   if eta_s == eta_s:  # not NaN
     line += f" | ETA {datetime.timedelta(seconds=int(eta_s))}"
+  if metrics.get("data/skipped"):  # unreadable training files so far, each named in the log
+    line += f" | {metrics['data/skipped']} files skipped"
   return line
 
 

@@ -230,6 +230,9 @@ def test_main_trains_and_evaluates_on_odd_names_and_sizes(odd_run):
   assert sum("n02099601/huge.JPEG is 20000x14000 pixels" in line for line in skips) == 1
   assert sum("n15075141/huge_val.JPEG is 20000x14000 pixels" in line for line in skips) == 1
   assert "Traceback" not in result.stderr and "\\udc" not in result.stderr
+  # The console's step line carries the total once it is non-zero.
+  step3 = [line for line in result.stderr.splitlines() if "step 3/3" in line]
+  assert len(step3) == 1 and "| 2 files skipped" in step3[0], step3
 
 
 def test_prepare_folder_dir_keeps_the_names_bytes(odd_tree, tmp_path):
