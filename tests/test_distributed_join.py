@@ -13,14 +13,6 @@ import time
 from tests.imagenet_fixtures import REPO
 
 TIMEOUT_S = 3
-JOIN = """
-import sys
-from absl import logging
-logging.set_verbosity("info")
-from alexnet_jax.runtime import distributed
-distributed.maybe_initialize(sys.argv[1], 2, int(sys.argv[2]), timeout_s=float(sys.argv[3]))
-print("joined")
-"""
 
 
 def _free_port() -> int:
@@ -29,12 +21,15 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_a_process_that_never_joins_ends_the_job_in_one_sentence():
+def test_a_process_that_never_joins_ends_the_job_in_one_sentence(tmp_path):
   # Only process 0 of two (the coordinator waits), and, in another job, only process 1 (no
   # coordinator to reach): both end alike.
   started = time.monotonic()
   jobs = {process_id: subprocess.Popen(
-      [sys.executable, "-c", JOIN, f"127.0.0.1:{_free_port()}", str(process_id), str(TIMEOUT_S)],
+      [sys.executable, "-m", "alexnet_jax.main", f"--config={REPO / 'configs' / 'synthetic.py'}",
+       f"--workdir={tmp_path / str(process_id)}", f"--coordinator_address=127.0.0.1:{_free_port()}",
+       "--num_processes=2", f"--process_id={process_id}",
+       f"--config.distributed_timeout_s={TIMEOUT_S}"],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for process_id in (0, 1)}
   for process_id, job in jobs.items():
@@ -46,7 +41,7 @@ def test_a_process_that_never_joins_ends_the_job_in_one_sentence():
     assert job.returncode == 1, stderr[-3000:]
     # Python start-up and importing jax take a few seconds on this VM, on top of the timeout.
     assert elapsed < TIMEOUT_S + 15, elapsed
-    assert "joined" not in stdout
+    assert "joined" not in stderr
     assert re.search(rf"Waiting for 2 processes at 127\.0\.0\.1:\d+ \(timeout {TIMEOUT_S} s, "
                      rf"distributed_timeout_s\) as process {process_id}\.", stderr)
     assert "Check failure" not in stderr and "Traceback" not in stderr
