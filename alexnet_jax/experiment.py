@@ -84,15 +84,9 @@ class Experiment:
     then compiles as usual)."""
     def compile_eval():
       try:
-        example = self.eval_split.transform(self.eval_split.source[0], None)
         batch_size = data_lib.effective_eval_batch_size(
             self.config.eval_batch_size, self.eval_split.num_examples, self.mesh.devices.size)
-        batch_sharding = sharding.batch_sharding(self.mesh)
-        abstract = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
-        image = np.asarray(example["image"])
-        batch = {"image": abstract((batch_size,) + image.shape, image.dtype),
-                 "label": abstract((batch_size,), np.asarray(example["label"]).dtype),
-                 "mask": abstract((batch_size,), np.bool_)}
+        batch = self._abstract_batch(self.eval_split, batch_size, mask=True)
         state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                              self.abstract_state, self.state_shardings)
         started = time.time()
@@ -104,6 +98,48 @@ class Experiment:
     thread = threading.Thread(target=compile_eval, name="precompile-eval", daemon=True)
     thread.start()
     return thread
+
+  def _abstract_batch(self, split: data_lib.Split, batch_size: int, mask: bool) -> dict:
+    """ShapeDtypeStructs (sharded over 'data') of a global batch of `split`, from one
+    transformed example: what a compile needs, without loading a batch."""
+    count = data_lib.pipeline.uniforms_per_example(split.transform)
+    example = split.transform(split.source[0], np.full(count, 0.5) if count else None)
+    batch_sharding = sharding.batch_sharding(self.mesh)
+    abstract = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+    image = np.asarray(example["image"])
+    batch = {"image": abstract((batch_size,) + image.shape, image.dtype),
+             "label": abstract((batch_size,), np.asarray(example["label"]).dtype)}
+    if mask:
+      batch["mask"] = abstract((batch_size,), np.bool_)
+    return batch
+
+  def compile_train_step(self) -> Callable[[], Callable]:
+    """Starts compiling the train step in a background thread, from abstract shapes alone,
+    so the compile overlaps the input pipeline's start-up and the model's initialization.
+    Returns `wait()`: blocks until the compile is done and gives the compiled step (same
+    call as `train_step`); if the background compile failed it is logged and `wait()`
+    gives `train_step`, which compiles at its first call as usual."""
+    result: dict[str, Any] = {}
+
+    def compile_step() -> None:
+      try:
+        state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                             self.abstract_state, self.state_shardings)
+        batch = self._abstract_batch(self.train_split, self.config.batch_size, mask=False)
+        started = time.time()
+        result["step"] = self.train_step.lower(state, batch).compile()
+        logging.info("Train step compiled (%.1f s, beside the start-up).", time.time() - started)
+      except Exception as e:  # noqa: BLE001 - only an optimization: the call compiles
+        logging.info("Train step not compiled ahead (%s: %s); it compiles at the first step.",
+                     type(e).__name__, e)
+
+    thread = threading.Thread(target=compile_step, name="compile-train-step", daemon=True)
+    thread.start()
+
+    def wait() -> Callable:
+      thread.join()
+      return result.get("step", self.train_step)
+    return wait
 
   def train_batches(self, start_step: int = 0):
     """Global device batches of the training stream from `start_step` (data/device.py)."""

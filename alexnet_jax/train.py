@@ -172,23 +172,34 @@ def train_and_evaluate(exp: Experiment, workdir: str | pathlib.Path) -> TrainRes
         checkpointer, ckpt_lib.abstract_like(exp.abstract_state, exp.state_shardings),
         config, log)
     if restored is not None:
-      state, step = restored
+      step = restored[1]
       if step >= exp.total_steps:
         log(f"Already trained to step {step} (num_train_steps/num_epochs give "
             f"{exp.total_steps}); nothing to do. Use --mode=eval to evaluate it.")
         return TrainResult(final_step=step, interrupted_by=None, eval_metrics=None)
       log(f"Resumed from step {step} in {checkpointer.directory}.")
-    if is_chief:
-      with open(workdir / "config.json", "w", encoding="utf-8") as f:
-        json.dump(config.to_dict(), f, indent=2, default=str)
-    writer = MetricWriter(workdir, enabled=is_chief)
-    if restored is not None:
-      # Readers of metrics.jsonl: records of steps after this one, written before the restart,
-      # are superseded by the ones that follow this marker.
-      writer.write(step, {"event": "resumed"})
-    if restored is None:
-      state, step = _init_state(exp, log), 0
-    return _loop(exp, workdir, checkpointer, writer, state, step, log)
+    step = restored[1] if restored is not None else 0
+    # Start-up in parallel: the loader workers start and load the first batch, and the train
+    # step compiles from abstract shapes, while the model is initialized and the writers open.
+    batches = exp.train_batches(start_step=step)
+    batches.start()
+    try:
+      compiled_step = exp.compile_train_step()
+      if is_chief:
+        with open(workdir / "config.json", "w", encoding="utf-8") as f:
+          json.dump(config.to_dict(), f, indent=2, default=str)
+      writer = MetricWriter(workdir, enabled=is_chief)
+      if restored is not None:
+        # Readers of metrics.jsonl: records of steps after this one, written before the
+        # restart, are superseded by the ones that follow this marker.
+        writer.write(step, {"event": "resumed"})
+        state = restored[0]
+      else:
+        state = _init_state(exp, log)
+    except BaseException:
+      batches.close()
+      raise
+    return _loop(exp, workdir, checkpointer, writer, state, step, log, batches, compiled_step)
   finally:
     if checkpointer is not None:
       try:
@@ -202,7 +213,9 @@ def train_and_evaluate(exp: Experiment, workdir: str | pathlib.Path) -> TrainRes
 
 
 def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWriter,
-          state: Any, step: int, log) -> TrainResult:
+          state: Any, step: int, log, batches, compiled_step) -> TrainResult:
+  """Steps from `step` to the end. batches: the started training stream from `step`
+  (closed here); compiled_step: `Experiment.compile_train_step()`'s wait function."""
   config = exp.config
   meta = exp.checkpoint_meta()
   stop = hooks.StopRequest()
@@ -217,9 +230,11 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
            f"steps {step + 1}-{exp.total_steps} of {exp.total_steps}")
   log(f"Training {to_go} ({exp.steps_per_epoch} per epoch, global batch "
       f"{config.batch_size}) in {workdir}.")
-  batches = exp.train_batches(start_step=step)
   eval_prestart = hooks.EvalPrestart(exp)
   try:
+    log("Waiting for the train step's compile and the first batch...")
+    waited = time.time()
+    train_step = compiled_step()
     while step < exp.total_steps:
       try:
         batch = next(batches)
@@ -232,14 +247,12 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
           logging.warning("The input pipeline failed after step %d; saved a checkpoint of "
                           "that step first.", step)
         raise
-      if step + 1 == first_step:
-        log("Compiling the train step (the first step waits for it)...")
-        compile_start = time.time()
-      state, metrics = exp.train_step(state, batch)
+      state, metrics = train_step(state, batch)
       step += 1
       meter.add(step, metrics)
       if timing_start is None:
-        log(f"First step done in {time.time() - compile_start:.1f} s (compilation included).")
+        log(f"First step done {time.time() - waited:.1f} s after the model was ready (the "
+            "compile and the first batch ran beside its initialization).")
         timing_start, timing_from = time.time(), step
         if config.eval_at_end or exp.eval_every_steps <= exp.total_steps:
           exp.precompile_eval()  # while the next steps run

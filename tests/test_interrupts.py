@@ -15,7 +15,7 @@ from tests.helpers import SMALL, device_env, main_command, read_metrics, run_mai
 
 # Points of a run, each found by a line of its console log.
 MARKERS = {
-    "compile": "Compiling the train step",
+    "compile": "Waiting for the train step's compile",
     "step": "step 6/",
     "eval": "Evaluating",
     "save": "step 10/",
