@@ -52,11 +52,13 @@ def model_preset(variant: str) -> dict:
       dtype="float32",  # compute dtype: float32 | bfloat16; parameters stay float32
       init=per_variant["init"],  # paper | caffe | xavier | torch
       # How the 2-group convs run: auto | towers (one conv per group, concatenated) |
-      # feature_group_count (one XLA grouped conv). auto picks per backend (docs/model.md).
+      # feature_group_count (one XLA grouped conv) | tower_arrays (the towers stay separate
+      # arrays between convs). auto picks per backend (docs/model.md).
       group_impl="auto",
-      # Which forms of conv, LRN and max pool run: auto | plain (XLA's own ops, for GPU/TPU) |
-      # cpu (forms measured faster on XLA:CPU). auto picks per backend; same parameters and
-      # (to float rounding) same values either way (docs/model.md, "Kernel forms").
+      # Which forms of conv, LRN and max pool run: auto | plain (XLA's own ops) | cpu (forms
+      # measured faster on XLA:CPU) | gpu (fewer bytes on XLA:GPU), optionally with per-layer
+      # forms, e.g. 'gpu,pool=plain'. auto picks per backend; same parameters and (to float
+      # rounding) same values either way (docs/model.md, "Kernel forms per backend").
       kernels="auto",
       lrn_k=2.0,
       lrn_size=5,

@@ -44,7 +44,7 @@ def value_and_grad(fn, x, seed=7):
 
 @pytest.mark.parametrize("backend, kernels, group_impl", [
     ("cpu", "cpu", "towers"),
-    ("gpu", "plain", "towers"),
+    ("gpu", "gpu", "tower_arrays"),
     ("tpu", "plain", "feature_group_count"),
 ])
 def test_auto_choice_per_backend(backend, kernels, group_impl):
@@ -148,8 +148,8 @@ def test_facade_picks_the_resolved_form():
   x = jax.random.normal(jax.random.key(8), (1, 7, 7, 4))
   for kernels, form in (("plain", layers), ("cpu", cpu_kernels)):
     np.testing.assert_array_equal(models.max_pool(x, kernels=kernels), form.max_pool(x))
-  with pytest.raises(ValueError, match="model.kernels='gpu'"):
-    models.max_pool(x, kernels="gpu")
+  with pytest.raises(ValueError, match="model.kernels='fast'"):
+    models.max_pool(x, kernels="fast")
 
 
 # --------------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ Four variants share one module and one parameter tree (``conv1`` .. ``conv5``, `
 The package:
 
 - ``alexnet.py``: the Flax modules and the variant table; ``initializers.py``: init schemes.
-- ``layers.py``: the plain layer forms (XLA's own ops, for GPU and TPU).
+- ``layers.py``: the plain layer forms (XLA's own ops; TPU's, and the reference of the others).
 - ``cpu_kernels.py``: the forms measured faster on XLA:CPU (same values and parameters).
+- ``gpu_kernels.py``: the forms that cut the paper step's memory traffic on XLA:GPU.
 - ``towers.py``: one tower per device (``shard_map``) and FSDP dense layers.
 - here: ``create_model``, config validation, ``resolve_kernels`` (the one place that picks
   the layer forms per backend) and the functional facade.
@@ -54,31 +55,33 @@ from alexnet_jax.errors import UserError
 from alexnet_jax import config_base
 from alexnet_jax.models.alexnet import (
     BATCH_NORM_VARIANTS, BN_EPSILON, BN_MOMENTUM, CONFIG_FIELDS, DTYPES, FC_HIDDEN,
-    FSDP_LAYERS, LAYER_NAMES, PAPER_IMAGE_SIZES, POOLED_AFTER, STAGE_SUFFIX, STAGES,
-    TORCHVISION_POOL_OUTPUT, TWO_TOWER_VARIANTS, VARIANTS, AlexNet, Conv, Dense, conv_out,
-    conv_specs, kernel_forms)
+    FSDP_LAYERS, KERNEL_PRESETS, KERNELS, LAYER_FORMS, LAYER_NAMES, PAPER_IMAGE_SIZES,
+    POOLED_AFTER, STAGE_SUFFIX, STAGES, TORCHVISION_POOL_OUTPUT, TWO_TOWER_VARIANTS, VARIANTS,
+    AlexNet, Conv, Dense, LayerForms, conv_out, conv_specs, kernel_forms, layer_form_names,
+    parse_kernels)
 from alexnet_jax.models.initializers import INIT_SCHEMES, Initializer, layer_initializers
 from alexnet_jax.models.layers import POOL_STRIDE, POOL_WINDOW, adaptive_avg_pool
 from alexnet_jax.models.layers import grouped_conv as layers_grouped_conv
 from alexnet_jax.models.towers import (PAPER_TOWERS, sharded_dense, tower_conv, tower_local,
                                        tower_mesh)
 
-GROUP_IMPLS = ("auto", "towers", "feature_group_count")
-KERNELS = ("auto", "plain", "cpu")
+GROUP_IMPLS = ("auto", "towers", "feature_group_count", "tower_arrays")
 
 # The public names; constants, modules and layer functions are re-exported so that callers
 # use `models.<name>` whatever submodule defines it.
 __all__ = [
     # variant table and constants (alexnet.py, initializers.py, layers.py, towers.py)
     "BATCH_NORM_VARIANTS", "BN_EPSILON", "BN_MOMENTUM", "CONFIG_FIELDS", "DTYPES",
-    "FC_HIDDEN", "FSDP_LAYERS", "GROUP_IMPLS", "INIT_SCHEMES", "KERNELS", "LAYER_NAMES",
+    "FC_HIDDEN", "FSDP_LAYERS", "GROUP_IMPLS", "INIT_SCHEMES", "KERNELS", "KERNEL_PRESETS",
+    "LAYER_FORMS", "LAYER_NAMES",
     "PAPER_IMAGE_SIZES", "PAPER_TOWERS", "POOL_STRIDE", "POOL_WINDOW", "STAGES",
     "TORCHVISION_POOL_OUTPUT", "TWO_TOWER_VARIANTS", "VARIANTS",
     # modules and building blocks
     "AlexNet", "Conv", "Dense", "Initializer", "layer_initializers", "sharded_dense",
     "tower_conv", "tower_local", "tower_mesh",
     # config, kernel choice, model
-    "KernelChoice", "create_model", "default_model_config", "feature_map_size",
+    "KernelChoice", "LayerForms", "create_model", "default_model_config", "feature_map_size",
+    "kernel_forms", "layer_form_names", "parse_kernels",
     "min_image_size", "resolve_group_impl", "resolve_kernels", "validate_model_config",
     # layer functions (the form resolve_kernels picks)
     "adaptive_avg_pool", "grouped_conv", "local_response_norm", "max_pool",
@@ -136,14 +139,15 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
   """Checks a full ``config.model`` mapping (every field of CONFIG_FIELDS).
 
   Raises ValueError naming the offending ``model.<field>`` and the allowed values for any
-  bad value (unknown variant/init/group_impl/kernels/dtype, non-positive sizes, an image
+  bad value (unknown variant/init/group_impl/dtype, a kernels value parse_kernels refuses,
+  non-positive sizes, an image
   size the variant cannot take, dropout outside [0, 1)).
   """
   variant = cfg["variant"]
   _check_choice("variant", variant, VARIANTS)
   _check_choice("init", cfg["init"], INIT_SCHEMES)
   _check_choice("group_impl", cfg["group_impl"], GROUP_IMPLS)
-  _check_choice("kernels", cfg["kernels"], KERNELS)
+  parse_kernels(cfg["kernels"])
   _check_choice("dtype", cfg["dtype"], DTYPES)
   for field in ("num_classes", "in_channels", "image_size", "lrn_size"):
     value = cfg[field]
@@ -169,9 +173,11 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class KernelChoice:
-  """Resolved layer forms. ``kernels``: 'plain' (``layers.py``) | 'cpu' (``cpu_kernels.py``);
-  ``group_impl``: 'towers' | 'feature_group_count'; ``backend``: the JAX backend they were
-  resolved for; ``kernels_reason`` / ``group_impl_reason``: why, for the log."""
+  """Resolved layer forms. ``kernels``: a preset 'plain' | 'cpu' | 'gpu', possibly with
+  per-layer overrides ('gpu,pool=plain'; ``parse_kernels``), never 'auto';
+  ``group_impl``: 'towers' | 'feature_group_count' | 'tower_arrays'; ``backend``: the JAX
+  backend they were resolved for; ``kernels_reason`` / ``group_impl_reason``: why, for the
+  log."""
 
   kernels: str
   group_impl: str
@@ -179,10 +185,17 @@ class KernelChoice:
   kernels_reason: str
   group_impl_reason: str
 
+  @property
+  def forms(self) -> dict[str, str]:
+    """{layer: form name}: conv, lrn, pool, lrn_pool (``layer_form_names``)."""
+    return layer_form_names(self.kernels)
+
   def describe(self) -> str:
-    """One line for the log: "model kernels on backend 'cpu': kernels=cpu [cpu forms:
-    measured faster on XLA:CPU (docs/model.md)]; group_impl=towers [...]"."""
-    return (f"model kernels on backend {self.backend!r}: kernels={self.kernels} "
+    """One line for the log: "model kernels on backend 'cpu': kernels=cpu (conv=padded,
+    lrn=band, pool=scatter_free, lrn_pool=separate) [cpu forms: measured faster on XLA:CPU
+    (docs/model.md)]; group_impl=towers [...]"."""
+    forms = ", ".join(f"{layer}={form}" for layer, form in self.forms.items())
+    return (f"model kernels on backend {self.backend!r}: kernels={self.kernels} ({forms}) "
             f"[{self.kernels_reason}]; group_impl={self.group_impl} "
             f"[{self.group_impl_reason}]")
 
@@ -193,10 +206,12 @@ _AUTO = {
     "cpu": ("cpu", "cpu forms: measured faster on XLA:CPU (docs/model.md)",
             "towers", "two convs trained ~3x faster than feature_group_count on XLA:CPU "
             "(docs/model.md)"),
-    "gpu": ("plain", "plain XLA forms: left to XLA's fusion on GPU (hypothesis the GPU "
-            "suite measures; docs/model.md)",
-            "towers", "31.8k vs 26.2k img/s (bf16), 22.1k vs 19.0k (fp32) for "
-            "feature_group_count, one H200 at batch 512 (docs/model.md)"),
+    "gpu": ("gpu", "gpu forms: the paper step's XLA:GPU memory traffic 49.1 -> 27.3 MB per "
+            "image compiled for an H100 (benchmarks/gpu_cost.py); a prediction, not yet "
+            "timed on a GPU (docs/model.md)",
+            "tower_arrays", "towers measured faster than feature_group_count on one H200 "
+            "(31.8k vs 26.2k img/s bf16), kept as separate arrays: fewer bytes "
+            "(docs/model.md)"),
 }
 _AUTO_OTHER = ("plain", "plain XLA forms: XLA's own ops (unmeasured on this backend)",
                "feature_group_count", "XLA's own grouped conv (unmeasured on this backend)")
@@ -205,21 +220,26 @@ _AUTO_OTHER = ("plain", "plain XLA forms: XLA's own ops (unmeasured on this back
 def resolve_kernels(kernels: str, group_impl: str, backend: str | None = None) -> KernelChoice:
   """Resolves ``model.kernels`` and ``model.group_impl`` for ``backend``.
 
-  kernels: 'auto' | 'plain' | 'cpu'; group_impl: 'auto' | 'towers' | 'feature_group_count';
-  backend: a JAX backend name ('cpu', 'gpu', 'tpu', ...), None for
-  ``jax.default_backend()`` (the only place the model code asks for it).
-  Explicit values pass through. 'auto' picks: on 'cpu' the XLA:CPU forms and towers; on
-  'gpu' the plain forms and towers (towers measured faster on one H200); on any other
-  backend the plain forms and feature_group_count (unmeasured). Raises ValueError naming
-  ``model.kernels`` or ``model.group_impl`` for a value not in KERNELS / GROUP_IMPLS.
+  kernels: a preset 'auto' | 'plain' | 'cpu' | 'gpu', optionally with per-layer forms
+  ('auto,pool=plain'; ``parse_kernels``); group_impl: 'auto' | 'towers' |
+  'feature_group_count' | 'tower_arrays'; backend: a JAX backend name ('cpu', 'gpu', 'tpu',
+  ...), None for ``jax.default_backend()`` (the only place the model code asks for it).
+  Explicit values pass through; 'auto' picks a preset per backend and keeps the overrides:
+  on 'cpu' the XLA:CPU forms and towers (measured faster there); on 'gpu' the GPU forms and
+  tower arrays (fewer bytes compiled for an H100; docs/model.md); on any other backend the
+  plain forms and feature_group_count (unmeasured). Raises ValueError naming
+  ``model.kernels`` or ``model.group_impl`` for a value they do not take.
   """
-  _check_choice("kernels", kernels, KERNELS)
+  preset, overrides = parse_kernels(kernels)
   _check_choice("group_impl", group_impl, GROUP_IMPLS)
   if backend is None:
     backend = jax.default_backend()
   auto_kernels, kernels_why, auto_groups, groups_why = _AUTO.get(backend, _AUTO_OTHER)
-  if kernels != "auto":
-    auto_kernels, kernels_why = kernels, "set by model.kernels"
+  if preset != "auto":
+    auto_kernels, kernels_why = preset, "set by model.kernels"
+  if overrides:
+    auto_kernels = ",".join([auto_kernels] + [f"{k}={v}" for k, v in overrides.items()])
+    kernels_why += "; layer forms set by model.kernels"
   if group_impl != "auto":
     auto_groups, groups_why = group_impl, "set by model.group_impl"
   return KernelChoice(kernels=auto_kernels, group_impl=auto_groups, backend=backend,

@@ -8,9 +8,9 @@ Checkpoints are therefore interchangeable between all of them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 # package imports this module first; by the time a model runs, both are complete).
 from alexnet_jax.errors import UserError
 from alexnet_jax import config_base, models
-from alexnet_jax.models import cpu_kernels, layers
+from alexnet_jax.models import cpu_kernels, gpu_kernels, layers
 from alexnet_jax.models.initializers import layer_initializers
 from alexnet_jax.models.towers import (PAPER_TOWERS, _batch_axes, _context_mesh,
                                        sharded_dense, tower_conv, tower_local, tower_mesh)
@@ -82,18 +82,97 @@ STAGES = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"
 # `init` would shadow `nn.Module.init`.
 CONFIG_FIELDS = tuple(config_base.model_preset("paper"))
 
-# Kernel forms by name: modules with the same conv / local_response_norm / max_pool.
-_FORMS = {"plain": layers, "cpu": cpu_kernels}
+# Layer forms by name (model.kernels, docs/model.md "Kernel forms per backend"): per layer,
+# the functions with the same signature and (to float rounding) the same values.
+LAYER_FORMS = {
+    "conv": {"plain": layers.conv, "padded": cpu_kernels.conv},
+    "lrn": {"plain": layers.local_response_norm, "band": cpu_kernels.local_response_norm,
+            "recompute": gpu_kernels.local_response_norm},
+    "pool": {"plain": layers.max_pool, "scatter_free": cpu_kernels.max_pool},
+    # ReLU -> LRN -> max pool after the paper's conv1 and conv2: three layers, or one op.
+    "lrn_pool": {"separate": None, "fused": gpu_kernels.relu_lrn_max_pool},
+}
+# model.kernels presets: one form per layer. 'auto' picks one per backend (resolve_kernels).
+KERNEL_PRESETS = {
+    "plain": {"conv": "plain", "lrn": "plain", "pool": "plain", "lrn_pool": "separate"},
+    "cpu": {"conv": "padded", "lrn": "band", "pool": "scatter_free", "lrn_pool": "separate"},
+    "gpu": {"conv": "plain", "lrn": "recompute", "pool": "scatter_free", "lrn_pool": "fused"},
+}
+KERNELS = ("auto",) + tuple(KERNEL_PRESETS)
 
 
-def kernel_forms(kernels: str) -> ModuleType:
-  """The module of layer forms for a resolved ``kernels`` value: 'plain' -> ``layers``,
-  'cpu' -> ``cpu_kernels``. Raises ValueError for anything else (resolve 'auto' first with
-  ``models.resolve_kernels``)."""
-  if kernels not in _FORMS:
-    raise UserError(f"kernels={kernels!r} is not a resolved kernel form ('plain', 'cpu'); "
-                     "resolve model.kernels with models.resolve_kernels first.")
-  return _FORMS[kernels]
+def parse_kernels(kernels) -> tuple[str, dict[str, str]]:
+  """``model.kernels`` -> (preset, {layer: form} overrides).
+
+  The value is a preset ('auto', 'plain', 'cpu', 'gpu'), optionally followed by per-layer
+  forms that replace the preset's, comma-separated: 'gpu,pool=plain', 'plain,lrn=recompute'
+  (layers and forms: LAYER_FORMS). Raises ValueError naming model.kernels for anything else.
+  """
+  allowed = ", ".join(repr(v) for v in KERNELS)
+  if not isinstance(kernels, str):
+    raise UserError(f"model.kernels={kernels!r} is not one of {allowed}.")
+  preset, *parts = [part.strip() for part in kernels.split(",")]
+  if preset not in KERNELS:
+    raise UserError(
+        f"model.kernels={kernels!r} is not one of {allowed}, optionally followed by layer "
+        "forms such as ',lrn=recompute' (docs/model.md, \"Kernel forms per backend\").")
+  overrides: dict[str, str] = {}
+  for part in parts:
+    layer, _, form = part.partition("=")
+    layer, form = layer.strip(), form.strip()
+    if layer not in LAYER_FORMS or layer in overrides:
+      raise UserError(
+          f"model.kernels={kernels!r}: {part!r} is not a layer form; give each of "
+          f"{', '.join(repr(k) for k in LAYER_FORMS)} at most once, as layer=form.")
+    if form not in LAYER_FORMS[layer]:
+      raise UserError(
+          f"model.kernels={kernels!r}: {layer} is one of "
+          f"{', '.join(repr(f) for f in LAYER_FORMS[layer])}, not {form!r}.")
+    overrides[layer] = form
+  return preset, overrides
+
+
+def layer_form_names(kernels: str) -> dict[str, str]:
+  """{layer: form name} of a resolved ``kernels`` value (a preset other than 'auto', with
+  any overrides). Raises ValueError for 'auto' (resolve it first) or a bad value."""
+  preset, overrides = parse_kernels(kernels)
+  if preset == "auto":
+    raise UserError(f"kernels={kernels!r} is not resolved; resolve model.kernels with "
+                    "models.resolve_kernels first.")
+  return {**KERNEL_PRESETS[preset], **overrides}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerForms:
+  """The functions a resolved ``model.kernels`` runs. ``relu_lrn_max_pool`` is None when
+  ReLU, LRN and max pool run as three layers (``lrn_pool=separate``)."""
+
+  conv: Callable
+  local_response_norm: Callable
+  max_pool: Callable
+  relu_lrn_max_pool: Callable | None
+
+
+def kernel_forms(kernels: str) -> LayerForms:
+  """The layer functions of a resolved ``kernels`` value: 'plain' -> ``layers``' forms,
+  'cpu' -> ``cpu_kernels``', 'gpu' -> the GPU set (``gpu_kernels``, ``cpu_kernels.max_pool``),
+  each with any per-layer overrides ('gpu,pool=plain'). Raises ValueError for 'auto' or
+  anything else (resolve with ``models.resolve_kernels`` first)."""
+  names = layer_form_names(kernels)
+  return LayerForms(conv=LAYER_FORMS["conv"][names["conv"]],
+                    local_response_norm=LAYER_FORMS["lrn"][names["lrn"]],
+                    max_pool=LAYER_FORMS["pool"][names["pool"]],
+                    relu_lrn_max_pool=LAYER_FORMS["lrn_pool"][names["lrn_pool"]])
+
+
+def _each(fn, x):
+  """fn on each array of a tower-arrays tuple, or on the one array."""
+  return tuple(fn(t) for t in x) if isinstance(x, tuple) else fn(x)
+
+
+def _whole(x):
+  """The towers of a tower-arrays tuple concatenated on the channel axis (else x itself)."""
+  return jnp.concatenate(x, axis=-1) if isinstance(x, tuple) else x
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -121,10 +200,12 @@ def conv_specs(variant: str, image_size: int) -> dict:
 class Conv(nn.Module):
   """Square conv with HWIO kernel (kh, kw, in/groups, out) and bias, float32 params.
 
-  ``group_impl`` ('towers' | 'feature_group_count') and ``kernels`` ('plain' | 'cpu') are
-  resolved values (``models.resolve_kernels``); they never change the parameters.
-  ``input_split`` (tower mode only): the input already holds one tower per device.
-  Input (N, H, W, C) any float dtype; output (N, H', W', features) in ``dtype``.
+  ``group_impl`` ('towers' | 'feature_group_count' | 'tower_arrays') and ``kernels`` (a
+  resolved ``model.kernels``) come from ``models.resolve_kernels``; they never change the
+  parameters. ``input_split`` (tower mode only): the input already holds one tower per device.
+  Input (N, H, W, C) any float dtype; output (N, H', W', features) in ``dtype``. With
+  'tower_arrays' the input may be, and the output is, a tuple of PAPER_TOWERS arrays holding
+  the channels of each tower (``layers.tower_arrays_conv``; the bias is added per tower).
   """
 
   features: int
@@ -142,7 +223,7 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    in_channels = x.shape[-1]
+    in_channels = (sum(t.shape[-1] for t in x) if isinstance(x, tuple) else x.shape[-1])
     if in_channels % self.groups or self.features % self.groups:
       raise UserError(f"{self.name}: channels {in_channels}->{self.features} "
                        f"do not split into {self.groups} groups.")
@@ -153,9 +234,17 @@ class Conv(nn.Module):
     bias = None
     if self.use_bias:
       bias = self.param("bias", bias_init, (self.features,), jnp.float32).astype(self.dtype)
-    x = x.astype(self.dtype)
     conv_fn = kernel_forms(self.kernels).conv
+    # One tower per device (tower mode) takes precedence over any group_impl.
     mesh = None if self.is_initializing() else tower_mesh(self.tower_axis)
+    if self.group_impl == "tower_arrays" and mesh is None:
+      x = _each(lambda t: t.astype(self.dtype), x)
+      ys = layers.tower_arrays_conv(x, kernel, stride=self.stride, padding=self.padding,
+                                    groups=self.groups, towers=PAPER_TOWERS, conv_fn=conv_fn)
+      if bias is None:
+        return ys
+      return tuple(y + b for y, b in zip(ys, jnp.split(bias, PAPER_TOWERS)))
+    x = x.astype(self.dtype)
     if mesh is not None:
       return tower_conv(x, kernel, bias, stride=self.stride, padding=self.padding,
                         groups=self.groups, input_split=self.input_split, mesh=mesh,
@@ -258,17 +347,24 @@ class AlexNet(nn.Module):
 
   def _record(self, stage: str, x) -> None:
     # Sown names may not equal submodule names, hence the suffix; layer_shapes strips it.
-    self.sow("intermediates", stage + STAGE_SUFFIX, x)
+    if not self.is_mutable_collection("intermediates"):
+      return  # nothing is kept (and tower arrays need no concatenation for it)
+    self.sow("intermediates", stage + STAGE_SUFFIX, _whole(x))
 
-  def _lrn(self, x, forms: ModuleType):
-    lrn = functools.partial(
-        forms.local_response_norm, size=self.lrn_size, k=self.lrn_k, alpha=self.lrn_alpha,
-        beta=self.lrn_beta, alpha_divided_by_size=self.lrn_alpha_divided_by_size)
+  def _within_towers(self, fn, x):
+    """``fn(x, groups=...)`` computed within each tower: per array of a tower-arrays tuple,
+    per device in tower mode, else on the whole map with PAPER_TOWERS groups."""
+    if isinstance(x, tuple):
+      return tuple(fn(t, groups=1) for t in x)
     mesh = None if self.is_initializing() else tower_mesh(self.tower_axis)
-    if mesh is not None:  # one tower per device: LRN is local to it
-      return tower_local(functools.partial(lrn, groups=1), x, mesh=mesh,
+    if mesh is not None:  # one tower per device: the op is local to it
+      return tower_local(functools.partial(fn, groups=1), x, mesh=mesh,
                          tower_axis=self.tower_axis)
-    return lrn(x, groups=PAPER_TOWERS)
+    return fn(x, groups=PAPER_TOWERS)
+
+  def _lrn_kwargs(self) -> dict:
+    return dict(size=self.lrn_size, k=self.lrn_k, alpha=self.lrn_alpha, beta=self.lrn_beta,
+                alpha_divided_by_size=self.lrn_alpha_divided_by_size)
 
   @nn.compact
   def __call__(self, images, *, train: bool):
@@ -276,28 +372,41 @@ class AlexNet(nn.Module):
     self._check_images(images)
     choice = models.resolve_kernels(self.kernels, self.group_impl)
     forms = kernel_forms(choice.kernels)
+    group_impl = choice.group_impl
+    if group_impl == "tower_arrays" and self.variant != "paper":
+      group_impl = "towers"  # BN (alexnet_bn) normalizes whole maps; one-tower variants
     dtype = jnp.dtype(self.dtype)
     x = images.astype(dtype)
+    # The fused ReLU -> LRN -> pool hides the ReLU and LRN outputs: where they are recorded
+    # (layer_shapes, visualization) the three layers run separately, with the same values.
+    fused = (forms.relu_lrn_max_pool if self.variant == "paper"
+             and not self.is_mutable_collection("intermediates") else None)
 
     batch_norm = self.variant in BATCH_NORM_VARIANTS
     for name, (features, kernel, stride, padding, groups) in conv_specs(
         self.variant, self.image_size).items():
       # With BN after it a conv's bias is redundant (BN subtracts the mean): none.
-      x = Conv(features, kernel, stride, padding, groups, choice.group_impl, choice.kernels,
+      x = Conv(features, kernel, stride, padding, groups, group_impl, choice.kernels,
                self.init_scheme, dtype, use_bias=not batch_norm,
                tower_axis=self.tower_axis, input_split=name != "conv1", name=name)(x)
       if batch_norm:  # before the ReLU, as Ioffe & Szegedy place it
         x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
                          epsilon=BN_EPSILON, dtype=dtype, param_dtype=jnp.float32,
                          name=name.replace("conv", "bn"))(x)
-      x = nn.relu(x)
+      lrn_here = self.variant == "paper" and name in ("conv1", "conv2")
+      if lrn_here and fused is not None:  # ReLU, LRN and pool in one op
+        x = self._within_towers(functools.partial(fused, **self._lrn_kwargs()), x)
+        continue
+      x = _each(nn.relu, x)
       self._record(name, x)
-      if self.variant == "paper" and name in ("conv1", "conv2"):
-        x = self._lrn(x, forms)  # after ReLU, before pooling, as in the paper
+      if lrn_here:  # after ReLU, before pooling, as in the paper
+        x = self._within_towers(
+            functools.partial(forms.local_response_norm, **self._lrn_kwargs()), x)
       if name in POOLED_AFTER:
-        x = forms.max_pool(x)
+        x = _each(forms.max_pool, x)
         self._record(name.replace("conv", "pool"), x)
 
+    x = _whole(x)
     if self.variant == "torchvision":
       x = layers.adaptive_avg_pool(x, TORCHVISION_POOL_OUTPUT)
       self._record("avgpool", x)
@@ -328,8 +437,8 @@ class AlexNet(nn.Module):
 
 __all__ = [
     "AlexNet", "BATCH_NORM_VARIANTS", "BN_EPSILON", "BN_MOMENTUM", "CONFIG_FIELDS", "Conv",
-    "DTYPES", "Dense", "FC_HIDDEN", "FSDP_LAYERS", "LAYER_NAMES", "PAPER_IMAGE_SIZES",
-    "POOLED_AFTER", "STAGES", "STAGE_SUFFIX",
+    "DTYPES", "Dense", "FC_HIDDEN", "FSDP_LAYERS", "KERNELS", "KERNEL_PRESETS", "LAYER_FORMS",
+    "LAYER_NAMES", "LayerForms", "PAPER_IMAGE_SIZES", "POOLED_AFTER", "STAGES", "STAGE_SUFFIX",
     "TORCHVISION_POOL_OUTPUT", "TWO_TOWER_VARIANTS", "VARIANTS", "conv_out", "conv_specs",
-    "kernel_forms",
+    "kernel_forms", "layer_form_names", "parse_kernels",
 ]

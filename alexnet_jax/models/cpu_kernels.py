@@ -12,8 +12,12 @@ A/B in one process (docs/model.md, "Speed on XLA:CPU", has the numbers):
 - ``max_pool``: the max of the 9 strided views with a scatter-free custom gradient, instead
   of select-and-scatter: 915 -> 756 ms.
 
-They were not measured on GPU or TPU, where ``models.resolve_kernels`` picks the plain
-forms instead. Parameters do not depend on the form.
+On GPU, ``models.resolve_kernels`` picks ``gpu_kernels.py``'s set, which reuses two things from
+here, measured there with benchmarks/gpu_cost.py: ``max_pool`` as it is (its scatter-free
+gradient moves far fewer bytes than XLA:GPU's select-and-scatter) and the LRN gradient formula
+(``lrn_input_gradient``); the band-matrix window sum is not used there (it compiles to float32
+gemms that moved more bytes than the plain form). TPU takes the plain forms. Parameters do not
+depend on the form.
 """
 
 from __future__ import annotations
@@ -91,13 +95,30 @@ def _lrn_forward(a, size, k, scale, beta, groups):
 
 
 def _lrn_backward(size, k, scale, beta, groups, residuals, grad):
-  """d/da_j of sum_c g_c a_c d_c^-beta = g_j d_j^-beta
-  - 2 scale beta a_j sum_{c: j in window(c)} g_c a_c d_c^(-beta-1)."""
   a, denominator = residuals
   band = _lrn_band(a.shape[-1], size, groups)
+  return (lrn_input_gradient(a, grad, denominator, lambda v: _window_sum(v, band.T),
+                             scale, beta),)
+
+
+def lrn_input_gradient(a, grad, denominator, spread_sum, scale: float, beta: float,
+                       spread_dtype=None):
+  """The LRN's input gradient (the one home of this formula, for every custom-VJP form):
+
+  d/da_j of sum_c g_c a_c d_c^-beta = g_j d_j^-beta
+  - 2 scale beta a_j sum_{c: j in window(c)} g_c a_c d_c^(-beta-1).
+
+  a, grad, denominator (k + scale * window sum of a^2): float32, (..., C). spread_sum: the
+  sum over the mirrored window (the channels whose window holds j). spread_dtype: store
+  g a d^(-beta-1) in this dtype before that sum (the GPU form's bfloat16, half the memory
+  traffic of the one intermediate the sum needs written); None keeps float32.
+  """
   inv_pow = inverse_power(denominator, beta)
-  spread = _window_sum(grad * a * inv_pow / denominator, band.T)
-  return (grad * inv_pow - (2.0 * scale * beta) * a * spread,)
+  spread_in = grad * a * inv_pow / denominator
+  if spread_dtype is not None:
+    spread_in = spread_in.astype(spread_dtype).astype(jnp.float32)
+  spread = spread_sum(spread_in)
+  return grad * inv_pow - (2.0 * scale * beta) * a * spread
 
 
 _lrn.defvjp(_lrn_forward, _lrn_backward)

@@ -1,10 +1,11 @@
-"""Plain layer forms: XLA's own ops, written for XLA on GPU and TPU.
+"""Plain layer forms: XLA's own ops, the reference every other form is tested against.
 
 Each function here is the straightforward form of a layer, left for XLA to fuse and to
 differentiate: no hand-written gradients, no tricks tuned to one backend. The forms tuned
-for XLA:CPU live in ``cpu_kernels.py`` with the same signatures and (to float rounding) the
-same values; ``models.resolve_kernels`` picks one set per backend (docs/model.md, "Kernel
-forms per backend"). All arrays are NHWC; kernels are HWIO.
+for XLA:CPU live in ``cpu_kernels.py``, those for XLA:GPU in ``gpu_kernels.py``, with the same
+signatures and (to float rounding) the same values; ``models.resolve_kernels`` picks one set
+per backend (docs/model.md, "Kernel forms per backend"): these on TPU (unmeasured). All arrays
+are NHWC; kernels are HWIO.
 """
 
 from __future__ import annotations
@@ -47,21 +48,55 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, *, stride: int, padding: int, 
   """Convolution with ``groups`` groups; kernel is HWIO with I = in_channels / groups.
 
   impl 'feature_group_count' runs one grouped conv; 'towers' runs one conv per group on the
-  matching slices of input channels and kernel output channels, then concatenates. Both
-  follow the same grouping (group g: the g-th slice of inputs and of outputs), PyTorch's.
+  matching slices of input channels and kernel output channels, then concatenates;
+  'tower_arrays' is ``tower_arrays_conv`` with its towers concatenated here. All follow the
+  same grouping (group g: the g-th slice of inputs and of outputs), PyTorch's.
   ``conv_fn`` is the conv form (this module's ``conv`` or ``cpu_kernels.conv``).
   Shapes and dtype as ``conv``. Raises ValueError for an unknown ``impl``.
   """
   if groups == 1 or impl == "feature_group_count":
     return conv_fn(x, kernel, stride=stride, padding=padding, groups=groups)
+  if impl == "tower_arrays":
+    return jnp.concatenate(tower_arrays_conv(x, kernel, stride=stride, padding=padding,
+                                             groups=groups, towers=groups, conv_fn=conv_fn),
+                           axis=-1)
   if impl != "towers":
     raise UserError(f"model.group_impl={impl!r} is not one of 'towers', "
-                     "'feature_group_count' (resolve 'auto' with models.resolve_kernels).")
+                     "'feature_group_count', 'tower_arrays' (resolve 'auto' with "
+                     "models.resolve_kernels).")
   inputs = jnp.split(x, groups, axis=-1)
   kernels = jnp.split(kernel, groups, axis=-1)
   towers = [conv_fn(xi, ki, stride=stride, padding=padding, groups=1)
             for xi, ki in zip(inputs, kernels)]
   return jnp.concatenate(towers, axis=-1)
+
+
+Towers = tuple  # of jax.Array: one array per tower, the towers' channels in order
+
+
+def tower_arrays_conv(x: jax.Array | Towers, kernel: jax.Array, *, stride: int, padding: int,
+                      groups: int, towers: int, conv_fn: ConvFn = conv) -> Towers:
+  """A conv whose output stays split into ``towers`` arrays (group_impl 'tower_arrays').
+
+  x: one array (N, H, W, C) or a tuple of ``towers`` arrays holding its channels in order;
+  kernel (kh, kw, C / groups, O). Output tower t is output channels t*O/towers ..
+  (t+1)*O/towers - 1, computed by its own conv: with ``groups`` == ``towers`` from input
+  tower t alone (a grouped conv, no concatenation); with ``groups`` == 1 from all the input
+  channels (a tuple is concatenated once, here). So between the paper's convs the towers
+  never go through a split or a concatenation of full-size maps, and the bias, ReLU, LRN and
+  pooling run on each tower's own array. Returns a tuple of ``towers`` arrays
+  (N, H', W', O / towers) of x's dtype. Raises ValueError when ``groups`` is neither 1 nor
+  ``towers``.
+  """
+  if groups not in (1, towers):
+    raise UserError(f"tower_arrays: {groups} groups do not map onto {towers} towers.")
+  kernels = jnp.split(kernel, towers, axis=-1)
+  if groups == 1:
+    full = jnp.concatenate(x, axis=-1) if isinstance(x, tuple) else x
+    return tuple(conv_fn(full, k, stride=stride, padding=padding, groups=1) for k in kernels)
+  inputs = x if isinstance(x, tuple) else tuple(jnp.split(x, towers, axis=-1))
+  return tuple(conv_fn(xi, ki, stride=stride, padding=padding, groups=1)
+               for xi, ki in zip(inputs, kernels))
 
 
 def inverse_power(d: jax.Array, beta: float) -> jax.Array:
@@ -93,19 +128,35 @@ def local_response_norm(x: jax.Array, *, size: int, k: float, alpha: float, beta
   x: (..., C) any float dtype, C divisible by ``groups``. Computed in float32, returned in
   x's dtype. Raises ValueError when C does not split into ``groups``.
   """
-  channels = x.shape[-1]
-  check_lrn_groups(channels, groups)
+  check_lrn_groups(x.shape[-1], groups)
   scale = alpha / size if alpha_divided_by_size else alpha
   a = x.astype(jnp.float32)
-  squares = jnp.square(a).reshape(a.shape[:-1] + (groups, channels // groups))
-  ndim = squares.ndim
-  window_sum = jax.lax.reduce_window(
-      squares, 0.0, jax.lax.add,
+  denominator = k + scale * channel_window_sum(jnp.square(a), size, groups)
+  return (a * inverse_power(denominator, beta)).astype(x.dtype)
+
+
+def channel_window_sum(values: jax.Array, size: int, groups: int,
+                       transpose: bool = False) -> jax.Array:
+  """Per group, the sum of ``values`` over each channel's LRN window (last axis).
+
+  The window of channel c is c - size//2 .. c + (size-1)//2 within c's group, zero-padded at
+  the group's edges. ``transpose``: the mirrored window (the channels whose window holds c),
+  what the LRN gradient sums over; the same for odd ``size``. One ``lax.reduce_window`` add
+  over the channel axis of each group, which XLA fuses with the elementwise ops around it.
+  values: (..., C), C divisible by ``groups``; returns the same shape and dtype.
+  """
+  channels = values.shape[-1]
+  grouped = values.reshape(values.shape[:-1] + (groups, channels // groups))
+  before, after = size // 2, (size - 1) // 2
+  if transpose:
+    before, after = after, before
+  ndim = grouped.ndim
+  summed = jax.lax.reduce_window(
+      grouped, 0.0, jax.lax.add,
       window_dimensions=(1,) * (ndim - 1) + (size,),
       window_strides=(1,) * ndim,
-      padding=((0, 0),) * (ndim - 1) + ((size // 2, (size - 1) // 2),))
-  denominator = k + scale * window_sum.reshape(a.shape)
-  return (a * inverse_power(denominator, beta)).astype(x.dtype)
+      padding=((0, 0),) * (ndim - 1) + ((before, after),))
+  return summed.reshape(values.shape)
 
 
 def max_pool(x: jax.Array) -> jax.Array:
