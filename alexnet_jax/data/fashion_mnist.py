@@ -75,15 +75,39 @@ class ArraySource:
     return {"image": self.images[index], "label": self.labels[index]}
 
 
-def to_rgb_if_needed(channels: int):
-  """Transform repeating the grey channel when a model wants 3 (e.g. torchvision weights)."""
-  def transform(record, u):
+@dataclasses.dataclass(frozen=True)
+class ToChannels:
+  """The transform: the record's image, its channels repeated 3 times when `channels` is 3
+  (e.g. for torchvision weights). Its batch form for an ArraySource is one gather."""
+  channels: int
+
+  def __call__(self, record, u):
     del u
     image = record["image"]
-    if channels == 3:
+    if self.channels == 3:
       image = np.repeat(image, 3, axis=-1)
     return {"image": image, "label": record["label"]}
-  return transform
+
+  def batch_loader(self, source):
+    if not isinstance(source, ArraySource):
+      return None
+
+    def load(indices: np.ndarray, uniforms, empty) -> None:
+      del uniforms
+      images = source.images
+      if self.channels == 3:
+        gathered = np.take(images, indices, axis=0)
+        np.copyto(empty("image", gathered.shape[1:-1] + (3 * gathered.shape[-1],),
+                        images.dtype), np.repeat(gathered, 3, axis=-1))
+      else:
+        np.take(images, indices, axis=0, out=empty("image", images.shape[1:], images.dtype))
+      empty("label", (), source.labels.dtype)[...] = source.labels[indices]
+    return load
+
+
+def to_rgb_if_needed(channels: int) -> ToChannels:
+  """Transform repeating the grey channel when a model wants 3 (e.g. torchvision weights)."""
+  return ToChannels(channels)
 
 
 def build(config, split: str, *, ten_crop: bool = False) -> Split:

@@ -78,34 +78,99 @@ def _rows_of_process(global_batch_size: int, process_index: int, process_count: 
 # Set by init_worker in a Grain worker: its reusable shared-memory slots, into which it builds
 # its batches for the trainer (data/batch_slots.py); None in any other process.
 _worker_slots: batch_slots.WorkerSlots | None = None
-# Arrays at least this large go into slots in a worker (the images).
+# Arrays at least this large go into slots in a worker, and are recycled elsewhere (the images).
 _SHARED_MEMORY_MIN_BYTES = 1 << 16
 
 
-class _BatchArrays:
-  """Examples written straight into one preallocated array per key (one copy per example,
-  no list of arrays to stack); shapes and dtypes come from the first example. In a Grain
-  worker the large arrays live in the worker's reusable slots, and `finished` hands their
-  handles to the trainer instead of the arrays."""
+def _references(arrays: list, i: int) -> int:
+  return sys.getrefcount(arrays[i])
 
-  def __init__(self, rows: int):
+
+# What `_references` counts for an array that only a list holds (2 on CPython 3.11-3.13;
+# measured, not assumed, so that an interpreter counting borrowed references differently
+# still sees "nobody else holds it" right).
+_UNSHARED = _references([np.empty(0)], 0)
+
+
+class _Recycler:
+  """The large batch arrays of one loader in a process without worker slots (the trainer
+  with num_workers=0, a tool reading batches), reused once nothing else refers to them.
+
+  A fresh array for every batch costs a page fault and a zeroed page per 4 KiB written (a
+  512 x 227x227x3 batch is 79 MB, always mapped anew by glibc): about as much as the copies
+  themselves (docs/data.md, "Batch assembly"). Whoever keeps a batch keeps a reference to its
+  arrays (a view, a memoryview and jax's device_put, which holds the host array until its
+  transfer is done or, on XLA:CPU, for as long as the device array aliases it), so an array
+  whose only reference is this list is free: every row of the next batch is written anew.
+  At most `keep` arrays per shape are kept (beyond that, plain new arrays), and they go with
+  the loader (the dataset), so an evaluation's arrays are not held after its pass."""
+
+  def __init__(self, keep: int = 16):
+    self._keep = keep
+    self._lock = threading.Lock()
+    self._kept: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
+
+  def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    with self._lock:
+      kept = self._kept.setdefault((shape, dtype.str), [])
+      for i in range(len(kept)):
+        if _references(kept, i) == _UNSHARED:
+          return kept[i]
+      array = np.empty(shape, dtype)
+      if len(kept) < self._keep:
+        kept.append(array)
+      return array
+
+
+class _Loader:
+  """Base of the picklable batch loaders: a `_Recycler` per process, made on first use and
+  never pickled (a worker uses its slots instead)."""
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {k: v for k, v in self.__dict__.items() if k != "_recycler"}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state)
+
+  @property
+  def recycler(self) -> _Recycler:
+    recycler = self.__dict__.get("_recycler")
+    if recycler is None:  # setdefault: two loader threads arriving at once share one
+      recycler = self.__dict__.setdefault("_recycler", _Recycler())
+    return recycler
+
+
+class _BatchArrays:
+  """One preallocated array per key, written in place: by a transform's whole-batch loader
+  (`batch_loader`), or one example at a time (`put`: one copy per example, shapes and dtypes
+  from the first example). In a Grain worker the large arrays live in the worker's reusable
+  slots, and `finished` hands their handles to the trainer instead of the arrays; elsewhere
+  they come from `recycler` when one is given."""
+
+  def __init__(self, rows: int, recycler: _Recycler | None = None):
     self.rows = rows
-    self.arrays: Example | None = None
+    self.arrays: Example = {}
+    self._recycler = recycler
     self._handles: dict[str, batch_slots.SlotArray] = {}
 
-  def _empty(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+  def empty(self, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """The uninitialized (rows, *shape) array of `key`, which the batch will hold."""
     dtype = np.dtype(dtype)
-    if _worker_slots is not None and not dtype.hasobject and (
-        math.prod(shape) * dtype.itemsize >= _SHARED_MEMORY_MIN_BYTES):
+    shape = (self.rows,) + tuple(shape)
+    large = not dtype.hasobject and math.prod(shape) * dtype.itemsize >= _SHARED_MEMORY_MIN_BYTES
+    if large and _worker_slots is not None:
       array, self._handles[key] = _worker_slots.array(shape, dtype)
-      return array
-    return np.empty(shape, dtype)
+    elif large and self._recycler is not None:
+      array = self._recycler.empty(shape, dtype)
+    else:
+      array = np.empty(shape, dtype)
+    self.arrays[key] = array
+    return array
 
   def put(self, row: int, example: Example) -> None:
-    if self.arrays is None:
-      self.arrays = {key: self._empty(key, (self.rows,) + np.shape(value),
-                                      np.asarray(value).dtype)
-                     for key, value in example.items()}
+    if not self.arrays:
+      for key, value in example.items():
+        self.empty(key, np.shape(value), np.asarray(value).dtype)
     for key, value in example.items():
       self.arrays[key][row] = value
 
@@ -117,6 +182,23 @@ class _BatchArrays:
   def finished(self) -> dict[str, Any]:
     """The batch as it leaves this process: arrays, or slot handles for those in slots."""
     return {key: self._handles.get(key, array) for key, array in self.arrays.items()}
+
+
+# A transform's whole-batch form: load(indices, uniforms, empty) writes the examples
+# transform(source[i], u) of all `indices` (int64, in range) at once into the arrays
+# empty(key, example_shape, dtype) gives (len(indices) rows, keys in the order the transform's
+# examples have them); uniforms: (len(indices), uniforms_per_example) or None. It must give
+# exactly what the per-row path gives; it may raise SkippableRecordError (then the per-row path
+# loads that batch again, counting and naming the record).
+BatchLoader = Callable[[np.ndarray, "np.ndarray | None", Callable[..., np.ndarray]], None]
+
+
+def batch_loader(source: RandomAccessSource, transform: Transform) -> BatchLoader | None:
+  """`transform.batch_loader(source)`: its whole-batch form for this source (synthetic pools,
+  in-memory arrays, raw pixels), or None (JPEG decoding, whose work is per image, and any
+  transform without one): then examples are loaded one at a time."""
+  make = getattr(transform, "batch_loader", None)
+  return None if make is None else make(source)
 
 
 def _with_skips(batch: Example, notes: list[str]) -> Example:
@@ -133,8 +215,22 @@ def epoch_permutation(seed: int, num_examples: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
+def stream_indices(seed: int, num_examples: int, global_batch_size: int, batch_index: int,
+                   rows: slice) -> np.ndarray:
+  """The source indices (int64) of `rows` of global training batch `batch_index`: position
+  p = batch_index * global_batch_size + row of the stream is example
+  epoch_permutation(seed, n, p // n)[p % n]."""
+  positions = batch_index * global_batch_size + np.arange(global_batch_size)[rows]
+  epochs, offsets = np.divmod(positions, num_examples)
+  indices = np.empty_like(offsets)
+  for epoch in np.unique(epochs).tolist():  # one, or two where the batch straddles epochs
+    here = epochs == epoch
+    indices[here] = epoch_permutation(seed, num_examples, epoch)[offsets[here]]
+  return indices
+
+
 @dataclasses.dataclass(frozen=True)
-class _LoadTrainRows:
+class _LoadTrainRows(_Loader):
   """Loads this process's rows of global batch `batch_index` of the shuffled stream.
 
   Position p = batch_index * global_batch_size + row of the stream is example
@@ -142,7 +238,9 @@ class _LoadTrainRows:
   batch may hold the end of one epoch and the start of the next. The transform's uniforms
   for the whole global batch are drawn at once from (seed, batch_index) and each row takes
   its own: independent of workers and process count, and one generator per batch instead of
-  one per example (~15 us each). Picklable, so Grain worker processes can run it.
+  one per example (~15 us each). The batch is loaded whole by the transform's batch loader
+  when it has one for the source, else one example at a time. Picklable, so Grain worker
+  processes can run it.
   """
   source: RandomAccessSource
   transform: Transform
@@ -151,18 +249,24 @@ class _LoadTrainRows:
   rows: slice
 
   def __call__(self, batch_index: int) -> Example:
-    n = len(self.source)
     count = uniforms_per_example(self.transform)
     uniforms = None
     if count:
       uniforms = np.random.default_rng([self.seed, batch_index]).random(
-          (self.global_batch_size, count))
-    rows = range(self.global_batch_size)[self.rows]
-    batch, notes = _BatchArrays(len(rows)), []
-    for i, row in enumerate(rows):
-      epoch, offset = divmod(batch_index * self.global_batch_size + row, n)
-      index = int(epoch_permutation(self.seed, n, epoch)[offset])
-      u = None if uniforms is None else uniforms[row]
+          (self.global_batch_size, count))[self.rows]
+    indices = stream_indices(self.seed, len(self.source), self.global_batch_size, batch_index,
+                             self.rows)
+    load = batch_loader(self.source, self.transform)
+    if load is not None:
+      batch = _BatchArrays(len(indices), self.recycler)
+      try:
+        load(indices, uniforms, batch.empty)
+        return _with_skips(batch.finished(), [])
+      except SkippableRecordError:
+        pass  # an unreadable record: the per-row path below replaces, counts and names it
+    batch, notes = _BatchArrays(len(indices), self.recycler), []
+    for i, index in enumerate(indices.tolist()):
+      u = None if uniforms is None else uniforms[i]
       example, note = _load_with_skips(self.source, self.transform, index, u)
       if note is not None:
         notes.append(note)
@@ -207,7 +311,7 @@ def _load_with_skips(source, transform, index, u, max_tries: int = 100):
 
 
 @dataclasses.dataclass(frozen=True)
-class _LoadEvalRows:
+class _LoadEvalRows(_Loader):
   """Loads this process's rows of global eval batch `batch_index`, padded and masked."""
   source: RandomAccessSource
   transform: Transform
@@ -216,10 +320,27 @@ class _LoadEvalRows:
 
   def __call__(self, batch_index: int) -> Example:
     n = len(self.source)
-    rows = range(self.global_batch_size)[self.rows]
-    batch, mask, notes = _BatchArrays(len(rows)), [], []
-    for i, row in enumerate(rows):
-      position = batch_index * self.global_batch_size + row
+    positions = batch_index * self.global_batch_size + np.arange(self.global_batch_size)[self.rows]
+    load = batch_loader(self.source, self.transform)
+    if load is not None:
+      # Rows past the end of the split (a suffix) repeat the last row loaded and are masked
+      # out, as in the per-row path below; a process whose rows are all past the end loads its
+      # first row (wrapped around), masked out too.
+      loaded = max(1, int(np.count_nonzero(positions < n)))
+      batch = _BatchArrays(len(positions), self.recycler)
+      try:
+        load(positions[:loaded] % n, None,
+             lambda key, shape, dtype: batch.empty(key, shape, dtype)[:loaded])
+      except SkippableRecordError:
+        pass  # the per-row path below replaces, counts and names the record
+      else:
+        for array in batch.arrays.values():
+          array[loaded:] = array[loaded - 1]
+        arrays = batch.finished()
+        arrays["mask"] = positions < n
+        return _with_skips(arrays, [])
+    batch, mask, notes = _BatchArrays(len(positions), self.recycler), [], []
+    for i, position in enumerate(positions.tolist()):
       if position >= n and i > 0:
         # Padding rows repeat an example already loaded (shapes stay right; no re-decode,
         # no repeated warning) and are masked out.

@@ -2,7 +2,8 @@
 
 Examples come from a fixed pool of `data.synthetic_pool_size` pre-generated images (example i
 is pool image i mod pool size, with its own label), so reading one costs a copy, not a random
-number generator: the synthetic source measures the trainer, not numpy's RNG.
+number generator: the synthetic source measures the trainer, not numpy's RNG. A batch is one
+gather from the pool (`SyntheticSource.load_batch`), not a copy per row.
 """
 
 from __future__ import annotations
@@ -58,10 +59,30 @@ class SyntheticSource:
     images, labels = self._pool()
     return {"image": images[index % len(images)], "label": labels[index]}
 
+  def load_batch(self, indices: np.ndarray, uniforms, empty) -> None:
+    """Examples `indices` at once (a `pipeline.BatchLoader`): the same as `self[i]` row by
+    row, as one gather from the pool."""
+    del uniforms
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= self.num_examples):
+      raise IndexError(f"indices outside 0..{self.num_examples - 1}")
+    images, labels = self._pool()
+    out = empty("image", images.shape[1:], images.dtype)
+    # mode='clip' (the indices are in range): with the default 'raise', numpy gathers into a
+    # temporary first and copies that into `out`.
+    np.take(images, indices % len(images), axis=0, out=out, mode="clip")
+    empty("label", (), labels.dtype)[...] = labels[indices]
 
-def _identity(record, u):
-  del u
-  return record
+
+class Identity:
+  """The synthetic transform: the record as it is. Its batch form for a SyntheticSource is
+  the pool gather (`SyntheticSource.load_batch`)."""
+
+  def __call__(self, record, u):
+    del u
+    return record
+
+  def batch_loader(self, source):
+    return source.load_batch if isinstance(source, SyntheticSource) else None
 
 
 def build(config, split: str, *, ten_crop: bool = False) -> Split:
@@ -82,4 +103,4 @@ def build(config, split: str, *, ten_crop: bool = False) -> Split:
                                     pca_std=config.data.pca_std if channels == 3 else 0.0)
   info = DataInfo(num_classes=config.model.num_classes, channels=channels,
                   train_augment=train_augment)
-  return Split(source, _identity, info)
+  return Split(source, Identity(), info)

@@ -373,6 +373,15 @@ def paper_offsets(u: np.ndarray, square_size: int, crop_size: int) -> tuple[int,
   return uniform_int(u[0], positions), uniform_int(u[1], positions)
 
 
+def paper_offsets_of_rows(u: np.ndarray, square_size: int,
+                          crop_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """`paper_offsets` of every row of u (rows, >= 2) at once: (dx, dy), int64 arrays, equal
+  to it row by row (the same float64 product, truncated)."""
+  positions = square_size - crop_size + 1
+  offsets = np.minimum((u[:, :2] * positions).astype(np.int64), positions - 1)
+  return offsets[:, 0], offsets[:, 1]
+
+
 def paper_crop_box(width: int, height: int, resize_size: int, crop_size: int,
                    u: np.ndarray) -> Box:
   """A uniformly random `crop_size` crop of the central `resize_size` square (the paper);
@@ -481,14 +490,20 @@ class CentreCropTransform:
     return {"image": np.ascontiguousarray(array), "label": np.int32(record["label"])}
 
 
-def ten_crops(square: np.ndarray, crop_size: int) -> np.ndarray:
+def ten_crops(square: np.ndarray, crop_size: int, out: np.ndarray | None = None) -> np.ndarray:
   """(10, S, S, C): top-left, top-right, bottom-left, bottom-right, centre, then the mirror
-  of each of the five, in that order (the paper's test-time views)."""
+  of each of the five, in that order (the paper's test-time views); written into `out` when
+  given (a batch row: no array of its own)."""
   side = square.shape[0]
   far, mid = side - crop_size, centre_offset(side, crop_size)
   corners = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
   five = [square[top:top + crop_size, left:left + crop_size] for top, left in corners]
-  return np.stack(five + [crop[:, ::-1] for crop in five])
+  if out is None:
+    return np.stack(five + [crop[:, ::-1] for crop in five])
+  for k, crop in enumerate(five):
+    out[k] = crop
+    out[k + 5] = crop[:, ::-1]
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
