@@ -163,7 +163,8 @@ def build_torch_model(variant: str, **kwargs) -> nn.Module:
 
 def benchmark(variant="paper", batch=32, steps=10, image_size=227, warmup=2, seed=0,
               device="cpu", bf16=False, channels_last=False, compile=False) -> dict:
-    """Time SGD(momentum 0.9, weight decay 5e-4) training steps on random data.
+    """Time SGD(momentum 0.9, weight decay 5e-4) training steps on random data, synchronized
+    only after the warm-up and at the end of the timed steps (as alexnet_jax's timing does).
 
     device: 'cpu' or 'cuda'. bf16: bfloat16 autocast (parameters stay float32, as
     alexnet_jax's model.dtype=bfloat16). channels_last: NHWC memory format (what cuDNN is
@@ -189,13 +190,23 @@ def benchmark(variant="paper", batch=32, steps=10, image_size=227, warmup=2, see
             loss = loss_fn(forward(images), labels)
         loss.backward()
         optimizer.step()
-        return loss.item()  # forces the step to finish
+        return loss  # no .item(): the steps queue up on the device as a trainer's do
 
+    def finish(loss):
+        """Waits for every queued step (the only synchronization of a timing)."""
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return loss.item()
+
+    loss = None
     for _ in range(max(warmup, 3 if compile else 0)):
-        step()
+        loss = step()
+    if loss is not None:
+        finish(loss)
     start = time.perf_counter()
     for _ in range(steps):
-        step()
+        loss = step()
+    finish(loss)
     elapsed = time.perf_counter() - start
     return {
         "framework": "torch", "torch": torch.__version__, "variant": variant,
