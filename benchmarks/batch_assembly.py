@@ -54,7 +54,7 @@ _PHOTOS_DIR = flags.DEFINE_string("photos_dir", "", "Real photographs to cut the
                                   "from (input_pipeline.make_photo_dataset).")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 181, "Images in the raw build made here.")
 _TRAINER_RUNS = flags.DEFINE_integer("trainer_runs", 3, "Runs per side of the trainer case.")
-_TRAINER_BATCHES = flags.DEFINE_integer("trainer_batches", 40, "Timed batches per trainer run.")
+_TRAINER_BATCHES = flags.DEFINE_integer("trainer_batches", 150, "Timed batches per trainer run.")
 _KEEP_FREED = flags.DEFINE_bool("keep_freed_memory", False,
                                 "Set glibc to keep freed memory, as a Grain worker does.")
 _OUT = flags.DEFINE_string("out", "", "Also append the JSON lines to this file.")
