@@ -58,7 +58,7 @@ def test_lrn_recompute_equals_plain_float32(case):
   plain = value_and_grad(functools.partial(layers.local_response_norm, **lrn_kwargs(case)), x)
   ours = value_and_grad(functools.partial(gpu_kernels.local_response_norm, **lrn_kwargs(case)),
                         x)
-  assert_close(ours[0], plain[0], 1e-6)  # the same expressions
+  assert_close(ours[0], plain[0], 1e-6)  # the same formula, the power as one op
   assert_close(ours[1], plain[1], F32_RTOL)
 
 
@@ -106,7 +106,7 @@ def test_relu_lrn_max_pool_equals_the_separate_layers_float32(shape, case):
   kwargs = lrn_kwargs(case)
   plain = value_and_grad(functools.partial(separate_layers, **kwargs), z)
   fused = value_and_grad(functools.partial(gpu_kernels.relu_lrn_max_pool, **kwargs), z)
-  np.testing.assert_array_equal(fused[0], plain[0])
+  assert_close(fused[0], plain[0], 1e-6)  # the power is one op here: float rounding
   assert_close(fused[1], plain[1], F32_RTOL)
   assert float(jnp.mean(fused[1] == 0)) > 0.5  # ReLU-off and non-winning inputs: none
 
@@ -117,8 +117,7 @@ def test_relu_lrn_max_pool_equals_the_separate_layers_bfloat16():
   plain = value_and_grad(functools.partial(separate_layers, **kwargs), z)
   fused = value_and_grad(functools.partial(gpu_kernels.relu_lrn_max_pool, **kwargs), z)
   assert fused[0].dtype == fused[1].dtype == jnp.bfloat16
-  np.testing.assert_array_equal(np.asarray(fused[0], np.float32),
-                                np.asarray(plain[0], np.float32))
+  assert_close(fused[0], plain[0], BF16_RTOL)
   assert_close(fused[1], plain[1], BF16_RTOL)
 
 
@@ -264,11 +263,27 @@ def test_whole_paper_net_auto_gpu_forms_float32():
   _assert_nets_agree(got, want, 1e-4)
 
 
-@pytest.mark.slow  # ~30 s on 2 cores; the layers' bfloat16 tests above are the fast check
+def _relative_error(got, want) -> float:
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.linalg.norm(got - want) / (np.linalg.norm(want) + 1e-30))
+
+
+@pytest.mark.slow  # ~45 s on 2 cores; the layers' bfloat16 tests above are the fast check
 def test_whole_paper_net_auto_gpu_forms_bfloat16():
-  want = _loss_and_grads("plain", "towers", 224, "bfloat16")
-  got = _loss_and_grads("gpu", "tower_arrays", 224, "bfloat16")
-  _assert_nets_agree(got, want, 5e-2)
+  # In bfloat16 both forms differ from float32 by rounding (sums of thousands of bfloat16
+  # terms in the bias gradients, for one): the GPU forms must be about as close to the
+  # float32 result as the plain forms are, leaf by leaf.
+  exact = _loss_and_grads("plain", "towers", 224, "float32")
+  plain = _loss_and_grads("plain", "towers", 224, "bfloat16")
+  ours = _loss_and_grads("gpu", "tower_arrays", 224, "bfloat16")
+  assert abs(float(ours[0]) - float(exact[0])) <= max(
+      2 * abs(float(plain[0]) - float(exact[0])), 1e-2 * abs(float(exact[0])))
+  for (path, want), p, o in zip(jax.tree_util.tree_leaves_with_path(exact[1]),
+                                jax.tree_util.tree_leaves(plain[1]),
+                                jax.tree_util.tree_leaves(ours[1])):
+    plain_error, our_error = _relative_error(p, want), _relative_error(o, want)
+    assert our_error <= max(2 * plain_error, 2e-2), (
+        jax.tree_util.keystr(path), our_error, plain_error)
 
 
 @pytest.mark.slow  # another whole-net compile (~20 s on 2 cores)

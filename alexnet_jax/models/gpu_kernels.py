@@ -31,17 +31,27 @@ import jax
 import jax.numpy as jnp
 
 from alexnet_jax.models import cpu_kernels
-from alexnet_jax.models.layers import channel_window_sum, check_lrn_groups, inverse_power
+from alexnet_jax.models.layers import channel_window_sum, check_lrn_groups
 
 
 def _lrn_scale(size: int, alpha: float, alpha_divided_by_size: bool) -> float:
   return alpha / size if alpha_divided_by_size else alpha
 
 
+def _inverse_power(d, beta: float):
+  """d ** -beta as one power op, in the forward pass. The plain form's rsqrt(d) *
+  sqrt(rsqrt(d)) (beta 0.75) uses rsqrt(d) twice; compiled for the H200 target (not the
+  H100), XLA:GPU's cost model then wrote it to memory in float32 between two kernels: +4.8 MB
+  per image of the paper step. (In the backward pass the power op measured worse on the H100
+  target, 29.2 vs 27.3 MB, so the gradient keeps ``layers.inverse_power``.)"""
+  return jnp.power(d, -beta)
+
+
 def _lrn_values(a, size: int, k: float, scale: float, beta: float, groups: int):
-  """(output, denominator) of the LRN of float32 ``a``, the plain form's expressions."""
+  """(output, denominator) of the LRN of float32 ``a``: the plain form's formula, with the
+  power as one op (``_inverse_power``)."""
   denominator = k + scale * channel_window_sum(jnp.square(a), size, groups)
-  return a * inverse_power(denominator, beta), denominator
+  return a * _inverse_power(denominator, beta), denominator
 
 
 def _lrn_gradient(a, grad, size, k, scale, beta, groups, store_dtype):
@@ -59,10 +69,11 @@ def _lrn_gradient(a, grad, size, k, scale, beta, groups, store_dtype):
 
 def local_response_norm(x: jax.Array, *, size: int, k: float, alpha: float, beta: float,
                         alpha_divided_by_size: bool, groups: int) -> jax.Array:
-  """``layers.local_response_norm`` (same formula, shapes, dtypes; values identical, the
-  gradient to float rounding), keeping only ``x`` for the backward pass.
+  """``layers.local_response_norm`` (same formula, shapes, dtypes; values and gradient to
+  float rounding), keeping only ``x`` for the backward pass.
 
-  Forward: the plain form's expressions (window sums by ``lax.reduce_window``, in float32).
+  Forward: the plain form's expressions (window sums by ``lax.reduce_window``, in float32),
+  the power as one op (``_inverse_power``).
   Backward (``jax.custom_vjp``): recomputes the denominator from ``x`` and applies
   ``cpu_kernels.lrn_input_gradient``; the one intermediate its mirrored window sum needs is
   stored in x's dtype. Raises ValueError when C does not split into ``groups``.
@@ -98,8 +109,8 @@ def relu_lrn_max_pool(z: jax.Array, *, size: int, k: float, alpha: float, beta: 
   """``max_pool(local_response_norm(relu(z)))`` of the plain forms, as one op.
 
   z: (N, H, W, C) pre-activation (conv output plus bias), any float dtype, C divisible by
-  ``groups``; returns (N, (H-3)//2+1, (W-3)//2+1, C) in z's dtype. The values are exactly the
-  plain layers' (the LRN output is rounded to z's dtype before pooling, as there).
+  ``groups``; returns (N, (H-3)//2+1, (W-3)//2+1, C) in z's dtype. The values are the plain
+  layers' to float rounding (the LRN output is rounded to z's dtype before pooling, as there).
   Backward: keeps only relu(z) in z's dtype and the pool's int8 winners
   (``cpu_kernels.max_pool``'s rule: a tie goes to the first maximum of the window); the
   gradient is routed to the winners without a scatter, the LRN gradient recomputed, and the
