@@ -49,7 +49,9 @@ def model_preset(variant: str) -> dict:
       in_channels=per_variant["in_channels"],
       image_size=per_variant["image_size"],  # paper, alexnet_bn: 224 or 227 only
       dropout_rate=0.5,  # on fc6/fc7, train only
-      dtype="float32",  # compute dtype: float32 | bfloat16; parameters stay float32
+      # Compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU; models.resolve_dtype) |
+      # float32 | bfloat16. Parameters stay float32.
+      dtype="auto",
       init=per_variant["init"],  # paper | caffe | xavier | torch
       # How the 2-group convs run: auto | towers (one conv per group, concatenated) |
       # feature_group_count (one XLA grouped conv) | tower_arrays (the towers stay separate

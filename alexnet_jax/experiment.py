@@ -196,8 +196,10 @@ def build(config: Any, mode: str = "train",
   kernels = models.resolve_kernels(config.model.kernels, config.model.group_impl,
                                    jax.default_backend())
   logging.info("Layer forms: %s", kernels.describe())
+  dtype, dtype_why = models.resolve_dtype(config.model.dtype, jax.default_backend())
+  logging.info("Compute dtype: %s [%s]", dtype, dtype_why)
   model_config = dict(config.model.to_dict(), kernels=kernels.kernels,
-                      group_impl=kernels.group_impl)
+                      group_impl=kernels.group_impl, dtype=dtype)
   model = models.create_model(**model_config, **sharding.model_axes(mesh, config))
   tx = optim.make_optimizer(config)
 

@@ -406,7 +406,7 @@ def test_init_is_deterministic_in_seed():
     ("init", "he", "model.init='he' is not one of 'paper', 'caffe', 'xavier', 'torch'"),
     ("group_impl", "split", "model.group_impl='split' is not one of"),
   ("kernels", "fast", "model.kernels='fast' is not one of 'auto', 'plain', 'cpu'"),
-    ("dtype", "float16", "model.dtype='float16' is not one of 'float32', 'bfloat16'"),
+    ("dtype", "float16", "model.dtype='float16' is not one of 'auto', 'float32', 'bfloat16'"),
     ("dropout_rate", 1.0, "model.dropout_rate=1.0"),
     ("num_classes", 0, "model.num_classes=0"),
 ])
@@ -438,3 +438,13 @@ def test_images_must_match_config():
   model = models.create_model(variant="d2l")
   with pytest.raises(ValueError, match=r"model.image_size=224.*got \(1, 224, 224, 3\)"):
     model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
+
+
+def test_auto_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu():
+  assert models.resolve_dtype("auto", "gpu")[0] == "bfloat16"
+  assert models.resolve_dtype("auto", "tpu")[0] == "bfloat16"
+  assert models.resolve_dtype("auto", "cpu")[0] == "float32"
+  assert models.resolve_dtype("bfloat16", "cpu") == ("bfloat16", "set by model.dtype")
+  assert config_base.model_preset("paper")["dtype"] == "auto"
+  # The tests run on the CPU: a model built with the default computes in float32.
+  assert models.create_model(variant="d2l", image_size=96).dtype == "float32"

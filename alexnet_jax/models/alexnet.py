@@ -38,6 +38,8 @@ BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
 # Dense layers whose kernels sharding.fsdp shards over the data axis (90% of the parameters).
 FSDP_LAYERS = ("fc6", "fc7")
 DTYPES = ("float32", "bfloat16")
+# What model.dtype takes: a dtype, or "auto" (models.resolve_dtype picks one per backend).
+DTYPE_CHOICES = ("auto",) + DTYPES
 PAPER_IMAGE_SIZES = (224, 227)
 
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
@@ -437,7 +439,7 @@ class AlexNet(nn.Module):
 
 __all__ = [
     "AlexNet", "BATCH_NORM_VARIANTS", "BN_EPSILON", "BN_MOMENTUM", "CONFIG_FIELDS", "Conv",
-    "DTYPES", "Dense", "FC_HIDDEN", "FSDP_LAYERS", "KERNELS", "KERNEL_PRESETS", "LAYER_FORMS",
+    "DTYPES", "DTYPE_CHOICES", "Dense", "FC_HIDDEN", "FSDP_LAYERS", "KERNELS", "KERNEL_PRESETS", "LAYER_FORMS",
     "LAYER_NAMES", "LayerForms", "PAPER_IMAGE_SIZES", "POOLED_AFTER", "STAGES", "STAGE_SUFFIX",
     "TORCHVISION_POOL_OUTPUT", "TWO_TOWER_VARIANTS", "VARIANTS", "conv_out", "conv_specs",
     "kernel_forms", "layer_form_names", "parse_kernels",
