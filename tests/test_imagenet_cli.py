@@ -41,6 +41,7 @@ def _train_and_eval(data_dir, workdir, steps, *extra):
   return losses
 
 
+@pytest.mark.slow  # ~20-40 s; run by .ci/run's second pytest (-m slow)
 def test_folder_layout_with_corrupt_files(tmp_path):
   data = fx.make_folder_dataset(
       tmp_path / "imagenet", val_layout="class_folders",
@@ -58,6 +59,7 @@ def test_folder_layout_with_corrupt_files(tmp_path):
   assert (tmp_path / "run" / "eval_report_3.json").is_file()
 
 
+@pytest.mark.slow  # ~20-40 s; run by .ci/run's second pytest (-m slow)
 def test_tfds_arrayrecord_layout(tmp_path):
   folder = fx.make_folder_dataset(tmp_path / "folder")
   out = tmp_path / "tfds"

@@ -79,6 +79,7 @@ def test_batch_norm_trains_on_batch_statistics_and_evaluates_on_running_ones():
                     num_classes=10), full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # ~20-40 s; run by .ci/run's second pytest (-m slow)
 def test_batch_statistics_are_over_the_global_batch():
   """One train step on 8 devices (batch split 8 ways) and on 1 device: same BN statistics.
 
@@ -155,6 +156,7 @@ def _large_batch_config(steps: int):
   return c
 
 
+@pytest.mark.slow  # ~20-40 s; run by .ci/run's second pytest (-m slow)
 def test_large_batch_recipe_trains_checkpoints_and_resumes(tmp_path):
   # Two of the 8 simulated devices: on all 8 each replica updated the 61M parameters (or
   # FSDP gathered them), 2-3x the CPU time for nothing this test checks.

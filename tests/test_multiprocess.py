@@ -22,6 +22,7 @@ def launch_local(num_processes: int, devices_per_process: int, *args: str):
                         env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
 
 
+@pytest.mark.slow  # ~20-40 s; run by .ci/run's second pytest (-m slow)
 def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path):
   two = launch_local(2, 2, f"--config={REPO / 'configs' / 'synthetic.py'}",
                      f"--workdir={tmp_path / 'two'}", *ARGS)
