@@ -397,17 +397,22 @@ def init_worker(worker_index: int, worker_count: int, *, parent: int,
   """Grain `worker_init_fn` (bind `parent`, the PID of the process that starts the workers,
   with functools.partial): the worker exits within PARENT_POLL_S of that process's death,
   or at once if it died while the worker was starting, instead of living on, re-parented to
-  PID 1, with its memory and /dev/shm segments. It ignores SIGINT (the trainer handles
-  Ctrl-C and closes its workers). Its allocator keeps freed memory
+  PID 1, with its memory and /dev/shm segments. It ignores SIGINT and SIGTERM (the trainer
+  handles both and closes its workers). Its allocator keeps freed memory
   (`host_memory.keep_freed_memory`) and its imports are exempted from garbage collection
   (`freeze_gc`): ~20% and ~10-25% of an example's time. Its batches go into its own reusable
   slots (`batch_slots.WorkerSlots`), named from `slots_prefix`."""
   global _worker_slots
   del worker_index, worker_count
   _worker_slots = batch_slots.WorkerSlots(slots_prefix)
-  # Ctrl-C reaches the whole process group: the trainer stops cleanly and closes its workers;
-  # a worker's own KeyboardInterrupt would only print a traceback.
+  # Ctrl-C reaches the whole process group, and a scheduler's SIGTERM every process of the
+  # job (Slurm signals all processes of a step): the trainer finishes its step, checkpoints
+  # and closes its workers. A worker that died of SIGTERM instead failed the trainer's next
+  # batch ("Worker process was terminated unexpectedly"), so no checkpoint was written; its
+  # own KeyboardInterrupt would only print a traceback. SIGKILL still ends it, and it exits
+  # with the trainer (_watch_parent).
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
   threading.Thread(target=_watch_parent, args=(parent,), name="exit-with-parent",
                    daemon=True).start()
   host_memory.keep_freed_memory()
