@@ -109,11 +109,15 @@ def main(argv):
 
   logs.quiet_library_logs()
   config = _CONFIG.value
-  # Before anything starts a JAX backend: XLA reads its flags once, at that moment.
+  # Before anything starts a JAX backend: XLA reads its flags once, at that moment. The
+  # process count comes from the flags or, on Slurm/TPU/JAX_COORDINATOR_ADDRESS jobs, from
+  # the environment (under Slurm, --num_processes is never passed).
+  from alexnet_jax.runtime import distributed
   for line in cpu_runtime.configure(config.get("cpu_runtime_tuning", True),
                                     config.get("cpu_eigen_convolutions", "auto"),
                                     model_parallel=config.parallel.model,
-                                    num_processes=_NUM_PROCESSES.value or 1):
+                                    num_processes=distributed.process_count(
+                                        _NUM_PROCESSES.value)):
     logging.info("CPU runtime: %s", line)
   # SIGTERM/Ctrl-C for the process's whole life: before the training loop a signal stops
   # start-up with one line; in the loop, the step finishes and a checkpoint is written; a
