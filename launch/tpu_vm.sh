@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Train on every worker of a Cloud TPU VM pod slice (v4-32, v5p-64, ...): the same command
 # must run on all hosts at once; JAX detects the slice and joins the workers itself.
+# UNTESTED: never run on a TPU slice (none was available); launch/slurm.sbatch and
+# launch/local.sh are the tested launchers (README "Scaling out").
 #
 #   launch/tpu_vm.sh TPU_NAME ZONE --config=configs/imagenet.py --workdir=gs://BUCKET/runs/alexnet \
 #       --config.data.data_dir=gs://BUCKET/tfds
