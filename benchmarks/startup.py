@@ -4,7 +4,7 @@ source trees side by side (this one and an older commit), alternating.
   python benchmarks/startup.py --old_commit=46859b6 --repeats=2
 
 The index is ImageNet's shape in files (default 1,281,167 train images over the 1000 wnid
-folders, 50 validation images per class), made of hard links to a few small JPEGs: it costs
+folders, 50 validation images per class), made of hard links to a few dozen small JPEGs: it costs
 no disk to speak of and lists like the real thing. The older tree is a `git worktree` of
 `--old_commit`; each run starts in the tree it measures so `python -m` imports that tree.
 
@@ -43,7 +43,8 @@ _OUT = flags.DEFINE_string("out", "", "Also append the JSON lines to this file."
 
 def make_index(root: pathlib.Path, files: int) -> None:
   """root/train/<wnid>/<k>.JPEG (files spread evenly over the 1000 wnids) and
-  root/val/<wnid>/<k>.JPEG (50 each), hard links to 8 small JPEGs."""
+  root/val/<wnid>/<k>.JPEG (50 each), hard links to small JPEGs (one per 50,000 links:
+  ext4 allows 65,000 links to a file)."""
   from alexnet_jax.data import imagenet
   from tests import imagenet_fixtures as fx
 
@@ -54,9 +55,9 @@ def make_index(root: pathlib.Path, files: int) -> None:
   originals = root / "originals"
   originals.mkdir(parents=True)
   sources = []
-  for i in range(8):
+  for i in range(max(8, -(-(files + 50_000) // 50_000))):
     path = originals / f"{i}.JPEG"
-    path.write_bytes(fx.jpeg_bytes(320, 256 + 8 * i, seed=i))
+    path.write_bytes(fx.jpeg_bytes(320, 256 + 8 * i, seed=i % 8))
     sources.append(path)
   wnids = imagenet.standard_wnids()
   for split, count in (("train", files), ("val", 50 * len(wnids))):
