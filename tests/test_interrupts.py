@@ -13,12 +13,14 @@ import pytest
 
 from tests.helpers import SMALL, device_env, main_command, read_metrics, run_main
 
-# Points of a run, each found by a line of its console log.
+# Points of a run, each found by a line of its console log, in the order one workdir meets
+# them (each run resumes where the previous stopped, a step or two after its press; the last
+# evaluation is at the final step, 14).
 MARKERS = {
     "compile": "Waiting for the train step's compile",
     "step": "step 6/",
-    "eval": "Evaluating",
     "save": "step 10/",
+    "eval": "Evaluating",
 }
 
 
