@@ -127,9 +127,9 @@ def check_compatible(meta: dict[str, Any], model_config: dict[str, Any], where: 
 
 
 # --------------------------------------------------------------------------------------------
-# The resume contract (docs/design.md, "Resume with an edited config")
+# The resume contract (docs/resume.md)
 #
-# Every config field is in exactly one of two classes (tests/test_resume_policy.py checks that
+# Every config field is in exactly one of two classes (tests/test_resume_contract.py checks that
 # config_base has no field in neither). A field of RESUME_APPLIED takes effect on resume exactly
 # as in a fresh run started from the checkpoint's state with the new value; a change of a field
 # of RESUME_REFUSED is refused before anything is written or moved, in one sentence that names

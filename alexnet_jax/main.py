@@ -12,9 +12,7 @@ its traceback.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import sys
 import traceback
 
@@ -124,12 +122,16 @@ def main(argv):
   # second Ctrl-C exits at once (runtime/interrupts.py).
   interrupts.install()
   try:
-    return run(config, _WORKDIR.value, _MODE.value)
+    status = run(config, _WORKDIR.value, _MODE.value)
+    received = interrupts.current().signum
+    if status == 0 and received is not None:
+      # A signal Python dropped before it could stop start-up or an evaluation (raised inside a
+      # garbage-collection callback): the run is not reported as complete.
+      interrupts.exit_now(128 + received, interrupts.stopped_early_message(received))
+    return status
   except interrupts.StoppedEarly as e:
     # Leave without unwinding: XLA's threads may still be busy (a compile, a restore).
-    interrupts.exit_now(128 + e.signum, (
-        f"error: stopped by {signal.Signals(e.signum).name} outside the training loop (while "
-        "starting, evaluating or closing); checkpoints written so far are kept."))
+    interrupts.exit_now(128 + e.signum, interrupts.stopped_early_message(e.signum))
   except UserError as e:
     if _TRACEBACK.value:
       traceback.print_exc()

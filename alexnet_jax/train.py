@@ -235,7 +235,10 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
     log("Waiting for the train step's compile and the first batch...")
     waited = time.time()
     train_step = compiled_step()
-    while step < exp.total_steps:
+    # A signal during start-up that start-up did not stop on (runtime/interrupts.py): stop
+    # before the first step, agreed by every process.
+    stopped_before = stop.requested(step, 1)
+    while step < exp.total_steps and not stopped_before:
       try:
         batch = next(batches)
       except Exception:
@@ -311,7 +314,11 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
       checkpointer.wait()
     except Exception:  # noqa: BLE001 - already reported, or the loop's own error is on its way
       pass
-  if stop.signum is not None:
+  if stop.signum is not None and stopped_before:
+    logging.warning("Stopped by %s before training step %d; checkpoints written so far are "
+                    "kept. Run the same command to resume.", signal.Signals(stop.signum).name,
+                    step + 1)
+  elif stop.signum is not None:
     logging.warning("Stopped by %s after step %d; checkpoint saved in %s. Run the same command "
                     "to resume.", signal.Signals(stop.signum).name, last_saved,
                     checkpointer.directory)

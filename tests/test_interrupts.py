@@ -99,3 +99,21 @@ def test_two_ctrl_c_on_the_paper_net_with_workers_never_crash(tmp_path, point):
     status, log, _ = _interrupt(workdir, args, MARKERS[point].replace("6/", "3/"), presses=2)
     assert status == 130, f"trial {trial}: exit {status}\n{log[-3000:]}"
   run_main("synthetic.py", workdir, *args)
+
+
+def test_a_ctrl_c_at_launch_is_never_lost(tmp_path):
+  """A signal in the first instants (while jax imports, Python may drop the exception it
+  raises inside a garbage-collection callback) still stops training and --mode=eval, exit
+  130, one line, no traceback; a completed run is never reported for it."""
+  args = SMALL + ("--config.num_train_steps=2", "--config.eval_at_end=false")
+  for mode in ("train", "eval"):
+    if mode == "eval":
+      run_main("synthetic.py", tmp_path, *args)  # a checkpoint to evaluate
+    process = subprocess.Popen(main_command("synthetic.py", tmp_path, *args, mode=mode),
+                               env=device_env(1), stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGINT)
+    log = process.stderr.read()
+    assert process.wait(timeout=120) == 130, f"{mode}:\n{log[-3000:]}"
+    assert "Traceback" not in log and "Exception ignored" not in log, f"{mode}:\n{log[-3000:]}"

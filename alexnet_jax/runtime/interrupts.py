@@ -29,6 +29,17 @@ from absl import logging
 
 SECOND_CTRL_C = ("error: interrupted (second Ctrl-C): stopped at once. The newest complete "
                  "checkpoint is kept; run the same command to resume from it.")
+# Outside the training loop a signal raises StoppedEarly in the main thread. Python drops an
+# exception raised inside a garbage-collection callback (seen while jax was importing: the
+# stop was lost and start-up went on), so if the process still runs this long after the
+# signal, outside the loop, the watcher ends it itself.
+BACKSTOP_S = 3.0
+
+
+def stopped_early_message(signum: int) -> str:
+  """The one line for a signal that stopped the process outside the training loop."""
+  return (f"error: stopped by {signal.Signals(signum).name} outside the training loop (while "
+          "starting, evaluating or closing); checkpoints written so far are kept.")
 
 
 class StoppedEarly(Exception):
@@ -101,12 +112,18 @@ class Interrupts:
         return
       self._announced = True
     name = signal.Signals(signum).name
+    again = "; press Ctrl-C again to stop at once" if signum == signal.SIGINT else ""
     if self.raise_early:
-      logging.warning("Received %s: stopping (press Ctrl-C again to stop at once).", name)
+      logging.warning("Received %s: stopping%s.", name, again)
+      threading.Timer(BACKSTOP_S, self._backstop, args=(signum,)).start()
     else:
       logging.warning("Received %s: stopping after the step in flight (an evaluation is "
-                      "abandoned) and saving a checkpoint; press Ctrl-C again to stop at once.",
-                      name)
+                      "abandoned) and saving a checkpoint%s.", name, again)
+
+  def _backstop(self, signum: int) -> None:
+    """Ends the process when a stop outside the training loop was lost (BACKSTOP_S)."""
+    if self.raise_early:
+      exit_now(128 + signum, stopped_early_message(signum))
 
 
 _INSTANCE: Interrupts | None = None

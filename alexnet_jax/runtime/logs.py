@@ -41,8 +41,8 @@ class _DropLibraryInfo(std_logging.Filter):
 
 
 def _drop_library_unraisables(unraisable) -> None:
-  """sys.unraisablehook for two kinds of library noise; everything else goes to Python's
-  default hook:
+  """sys.unraisablehook for two kinds of library noise, and a stop signal Python dropped;
+  everything else goes to Python's default hook:
   - TensorStore's callbacks into an event loop that Orbax already closed (after a failed
     save) raise 'Event loop is closed' dozens of times;
   - Orbax's read coroutines of a damaged checkpoint, abandoned when the first read failed,
@@ -51,6 +51,10 @@ def _drop_library_unraisables(unraisable) -> None:
   """
   value = unraisable.exc_value
   if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+    return
+  if type(value).__name__ == "StoppedEarly":
+    # A stop signal raised inside a GC callback, where Python drops it: runtime/interrupts.py
+    # ends the process itself (its backstop), so the traceback says nothing.
     return
   code = getattr(unraisable.object, "cr_code", None)
   if code is not None and "/orbax/" in code.co_filename:
