@@ -268,6 +268,7 @@ def restore_for_resume(checkpointer: Checkpointer, abstract_state: Any, config: 
   checkpoint that is unreadable under the tree it was written with (its own metadata) counts
   as damaged: it is renamed <step>.damaged with one log line, and the next older one is tried.
   """
+  wanted_tree = _leaves(abstract_state)
   for step in sorted(checkpointer.all_steps(), reverse=True):
     where = checkpointer.directory / str(step)
     try:
@@ -278,13 +279,13 @@ def restore_for_resume(checkpointer: Checkpointer, abstract_state: Any, config: 
     applied = check_resume(meta, config, where)
     check_compatible(meta, config.model.to_dict(), str(checkpointer.directory))
     saved_tree = _saved_leaves(where / "state")
-    if saved_tree is not None and saved_tree != _leaves(abstract_state):
-      raise _tree_refusal(where, saved_tree, _leaves(abstract_state))
+    if saved_tree is not None and saved_tree != wanted_tree:
+      raise _tree_refusal(where, saved_tree, wanted_tree)
     try:
       state = checkpointer.restore(step, abstract_state)
     except Exception as e:  # noqa: BLE001 - damage, or a state tree today's config changes
       if saved_tree is not None and _readable_as_written(where / "state"):
-        raise _tree_refusal(where, saved_tree, _leaves(abstract_state)) from e
+        raise _tree_refusal(where, saved_tree, wanted_tree) from e
       _set_aside(checkpointer, step, "state", e)
       continue
     for field, old, new in applied:
@@ -328,14 +329,19 @@ def _leaves(tree: Any) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
   return {_keys(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in flat}
 
 
+def _metadata_tree(checkpointer: ocp.PyTreeCheckpointer, state_dir: pathlib.Path) -> Any:
+  """The tree of ArrayMetadata a checkpoint's state item records (nothing is read)."""
+  saved = checkpointer.metadata(state_dir)
+  tree = getattr(saved, "item_metadata", saved)
+  return getattr(tree, "tree", tree)
+
+
 def _saved_leaves(state_dir: pathlib.Path):
   """`_leaves` of the state a checkpoint holds, from its metadata (nothing is read); None
   when the metadata itself cannot be read (then the restore decides)."""
   try:
     with _reading_quietly():
-      saved = ocp.PyTreeCheckpointer().metadata(state_dir)
-    tree = getattr(saved, "item_metadata", saved)
-    return _leaves(getattr(tree, "tree", tree))
+      return _leaves(_metadata_tree(ocp.PyTreeCheckpointer(), state_dir))
   except Exception:  # noqa: BLE001 - damaged metadata: the restore below will say so
     return None
 
@@ -346,9 +352,7 @@ def _readable_as_written(state_dir: pathlib.Path) -> bool:
   try:
     with _reading_quietly():
       checkpointer = ocp.PyTreeCheckpointer()
-      tree = checkpointer.metadata(state_dir)
-      tree = getattr(tree, "item_metadata", tree)
-      tree = getattr(tree, "tree", tree)
+      tree = _metadata_tree(checkpointer, state_dir)
       args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
       checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=args))
     return True
@@ -480,8 +484,7 @@ def read_state_items(directory: str | os.PathLike, step: int,
 
 def _read_state_items(path: pathlib.Path, names: tuple[str, ...]) -> dict[str, Any]:
   checkpointer = ocp.PyTreeCheckpointer()
-  saved = checkpointer.metadata(path)
-  tree = getattr(saved, "item_metadata", saved)
+  tree = _metadata_tree(checkpointer, path)
   if "params" not in tree:
     raise UserError(f"{path} holds no 'params': not a checkpoint of this project.")
   wanted = {name: tree[name] for name in names if name in tree and tree[name]}

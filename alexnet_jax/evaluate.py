@@ -124,7 +124,7 @@ def evaluate_checkpoint(exp: Experiment, workdir: str | pathlib.Path) -> dict[st
   try:
     ckpt_lib.check_compatible(checkpointer.read_meta(step), exp.config.model.to_dict(),
                               str(directory))
-    abstract = ckpt_lib.abstract_like(exp.abstract_state, exp.state_shardings)
+    abstract = exp.sharded_abstract_state()
     state = checkpointer.restore(step, abstract)
   finally:
     checkpointer.close()

@@ -20,6 +20,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from alexnet_jax import data as data_lib
+from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import models, optim, sharding, state as state_lib, steps
 from alexnet_jax.errors import UserError
 from alexnet_jax.transfer import finetune
@@ -87,8 +88,7 @@ class Experiment:
         batch_size = data_lib.effective_eval_batch_size(
             self.config.eval_batch_size, self.eval_split.num_examples, self.mesh.devices.size)
         batch = self._abstract_batch(self.eval_split, batch_size, mask=True)
-        state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                             self.abstract_state, self.state_shardings)
+        state = self.sharded_abstract_state()
         started = time.time()
         self.eval_step.lower(state["params"], state["batch_stats"], batch).compile()
         logging.info("Eval step compiled in the background (%.1f s).", time.time() - started)
@@ -98,6 +98,11 @@ class Experiment:
     thread = threading.Thread(target=compile_eval, name="precompile-eval", daemon=True)
     thread.start()
     return thread
+
+  def sharded_abstract_state(self) -> Any:
+    """The train state as ShapeDtypeStructs carrying their shardings: what a compile lowers
+    and what Orbax restores onto (checkpoint.abstract_like)."""
+    return ckpt_lib.abstract_like(self.abstract_state, self.state_shardings)
 
   def _abstract_batch(self, split: data_lib.Split, batch_size: int, mask: bool) -> dict:
     """ShapeDtypeStructs (sharded over 'data') of a global batch of `split`, from one
@@ -123,8 +128,7 @@ class Experiment:
 
     def compile_step() -> None:
       try:
-        state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                             self.abstract_state, self.state_shardings)
+        state = self.sharded_abstract_state()
         batch = self._abstract_batch(self.train_split, self.config.batch_size, mask=False)
         started = time.time()
         result["step"] = self.train_step.lower(state, batch).compile()

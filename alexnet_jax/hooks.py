@@ -69,23 +69,16 @@ class StopRequest:
     """The first signal received, or None."""
     return self._interrupts.signum if self._interrupts is not None else self._local
 
-  def requested(self, step: int, every: int) -> bool:
+  def requested(self, step: int = 0, every: int = 1) -> bool:
     """Whether to stop after `step`. One process: the local flag, every step (no device
     sync). Several processes: agreed at every `every`-th step only (one small all-gather),
-    since every process must stop at the same step or the next collective hangs."""
+    since every process must stop at the same step or the next collective hangs. With the
+    defaults, agreed now (between evaluation batches, before the first step)."""
     local = self.signum is not None
     if jax.process_count() == 1:
       return local
     if step % every:
       return False
-    return bool(multihost_utils.process_allgather(np.int32(local)).max())
-
-  def requested_now(self) -> bool:
-    """Whether to stop now (between two evaluation batches): agreed by every process at each
-    call (an all-gather of one int when there are several)."""
-    local = self.signum is not None
-    if jax.process_count() == 1:
-      return local
     return bool(multihost_utils.process_allgather(np.int32(local)).max())
 
   def restore_handlers(self) -> None:

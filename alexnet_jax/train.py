@@ -168,9 +168,8 @@ def train_and_evaluate(exp: Experiment, workdir: str | pathlib.Path) -> TrainRes
   try:
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     # Checked before anything is written, so a refused resume leaves the workdir as it was.
-    restored = ckpt_lib.restore_for_resume(
-        checkpointer, ckpt_lib.abstract_like(exp.abstract_state, exp.state_shardings),
-        config, log)
+    restored = ckpt_lib.restore_for_resume(checkpointer, exp.sharded_abstract_state(), config,
+                                           log)
     if restored is not None:
       step = restored[1]
       if step >= exp.total_steps:
@@ -237,7 +236,7 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
     train_step = compiled_step()
     # A signal during start-up that start-up did not stop on (runtime/interrupts.py): stop
     # before the first step, agreed by every process.
-    stopped_before = stop.requested(step, 1)
+    stopped_before = stop.requested()
     while step < exp.total_steps and not stopped_before:
       try:
         batch = next(batches)
@@ -280,7 +279,7 @@ def _loop(exp: Experiment, workdir: pathlib.Path, checkpointer, writer: MetricWr
 
       if hooks.evaluates_at(step, exp.eval_every_steps, exp.total_steps, config.eval_at_end):
         metrics_now = evaluate.run_eval(exp, state["params"], state["batch_stats"],
-                                        batches=eval_prestart.take(), stop=stop.requested_now)
+                                        batches=eval_prestart.take(), stop=stop.requested)
         if metrics_now is not None:  # None: abandoned for a stop request
           eval_metrics = metrics_now
           meter.exclude(eval_metrics["eval/seconds"])  # images/s is the training rate
