@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from alexnet_jax.errors import UserError
+from alexnet_jax.models.presets import model_preset
 
 # Per-channel RGB mean of ImageNet training pixels, 0-255 (Caffe's ilsvrc_2012_mean, averaged
 # over the image): the paper subtracted the mean image and did not divide.
@@ -17,57 +17,6 @@ IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 # torchvision's normalization (0-1 mean/std) expressed in 0-255 units.
 TORCHVISION_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 TORCHVISION_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
-
-MODEL_VARIANTS = ("paper", "torchvision", "d2l", "alexnet_bn")
-
-
-def model_preset(variant: str) -> dict:
-  """Every `config.model.*` field with its default for `variant`: the only home of them.
-
-  `base_config().model` is `model_preset("paper")`; `models.create_model` fills fields a
-  config leaves out from here. Returns a fresh dict of Python scalars (str, int, float,
-  bool). Raises ValueError naming `model.variant` for a variant not in MODEL_VARIANTS.
-  Sources of the values: docs/model.md (paper, LRN convention, 224 vs 227, init schemes).
-  """
-  if variant not in MODEL_VARIANTS:
-    raise UserError(f"model.variant={variant!r} is not one of "
-                     f"{', '.join(repr(v) for v in MODEL_VARIANTS)}.")
-  per_variant = {
-      # The paper states 224x224 inputs; 227 (Caffe's choice) is also supported.
-      "paper": dict(num_classes=1000, in_channels=3, image_size=224, init="paper"),
-      # torchvision.models.alexnet and PyTorch's default init.
-      "torchvision": dict(num_classes=1000, in_channels=3, image_size=224, init="torch"),
-      # Dive into Deep Learning: Fashion-MNIST (1 channel, 10 classes) upsampled to 224.
-      "d2l": dict(num_classes=10, in_channels=1, image_size=224, init="xavier"),
-      # You et al. (2017) started from Caffe's BVLC AlexNet, hence its init (docs/model.md).
-      "alexnet_bn": dict(num_classes=1000, in_channels=3, image_size=224, init="caffe"),
-  }[variant]
-  return dict(
-      variant=variant,  # paper | torchvision | d2l | alexnet_bn
-      num_classes=per_variant["num_classes"],
-      in_channels=per_variant["in_channels"],
-      image_size=per_variant["image_size"],  # paper, alexnet_bn: 224 or 227 only
-      dropout_rate=0.5,  # on fc6/fc7, train only
-      # Compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU; models.resolve_dtype) |
-      # float32 | bfloat16. Parameters stay float32.
-      dtype="auto",
-      init=per_variant["init"],  # paper | caffe | xavier | torch
-      # How the 2-group convs run: auto | towers (one conv per group, concatenated) |
-      # feature_group_count (one XLA grouped conv) | tower_arrays (the towers stay separate
-      # arrays between convs). auto picks per backend (docs/model.md).
-      group_impl="auto",
-      # Which forms of conv, LRN and max pool run: auto | plain (XLA's own ops) | cpu (forms
-      # measured faster on XLA:CPU) | gpu (fewer bytes on XLA:GPU), optionally with per-layer
-      # forms, e.g. 'gpu,pool=plain'. auto picks per backend; same parameters and (to float
-      # rounding) same values either way (docs/model.md, "Kernel forms per backend").
-      kernels="auto",
-      lrn_k=2.0,
-      lrn_size=5,
-      lrn_alpha=1e-4,
-      lrn_beta=0.75,
-      lrn_alpha_divided_by_size=True,  # cuda-convnet, Caffe, PyTorch; see docs/model.md
-  )
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -144,7 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
   # give the same pixels and refuse the same files (docs/data.md).
   c.data.jpeg_decoder = "auto"
 
-  # Every model field and its default, from one table (model_preset); configs/ change them.
+  # Every model field and its default, from the models' table (models/presets.py).
   c.model = ml_collections.ConfigDict(model_preset("paper"))
 
   c.optimizer = ml_collections.ConfigDict()

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from alexnet_jax import checkpoint as ckpt_lib
+from alexnet_jax import checkpoint, report, sharding
 from alexnet_jax.experiment import Experiment
 from alexnet_jax.metrics_writer import MetricWriter
 
@@ -44,7 +44,7 @@ def run_eval(exp: Experiment, params: Any, batch_stats: Any = None, *,
   'eval/seconds'} of `params` (and alexnet_bn's running `batch_stats`; None for none) on the
   eval split. ten_crop: the view (None: `data.ten_crop`). view_counts: a report.ViewCounts
   that also receives every counted row's top-5. batches: the pass's `DeviceBatches` when
-  already started (hooks.EvalPrestart), else made here; closed here. stop: asked after every
+  already started (periodic.EvalPrestart), else made here; closed here. stop: asked after every
   batch (every process at the same batch); when it says True the pass is abandoned and None
   returned (a stop request during training). Loss and accuracies are
   float64 host sums divided by the count, exact for any split size. Raises RuntimeError if
@@ -98,16 +98,9 @@ def run_eval(exp: Experiment, params: Any, batch_stats: Any = None, *,
       "eval/top1": totals["top1"] / count,
       "eval/top5": totals["top5"] / count,
       "eval/num_examples": int(round(count)),
-      "eval/skipped": _global_sum(batches.skipped),
+      "eval/skipped": sharding.global_sum(batches.skipped),
       "eval/seconds": time.time() - start,
   }
-
-
-def _global_sum(value: int) -> int:
-  if jax.process_count() == 1:
-    return int(value)
-  from jax.experimental import multihost_utils
-  return int(multihost_utils.process_allgather(np.int64(value)).sum())
 
 
 def evaluate_checkpoint(exp: Experiment, workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -115,19 +108,11 @@ def evaluate_checkpoint(exp: Experiment, workdir: str | pathlib.Path) -> dict[st
   machine's devices, evaluates it, appends the metrics to metrics.jsonl and (eval_report)
   writes eval_report_<step>.json. Raises UserError when there is no such checkpoint or it was
   written by another model."""
-  from alexnet_jax import report
-
   workdir = pathlib.Path(workdir)
   wanted = exp.config.eval_checkpoint_step
-  directory, step = ckpt_lib.resolve(workdir, None if wanted < 0 else wanted)
-  checkpointer = ckpt_lib.Checkpointer(directory, keep=1, read_only=True)
-  try:
-    ckpt_lib.check_compatible(checkpointer.read_meta(step), exp.config.model.to_dict(),
-                              str(directory))
-    abstract = exp.sharded_abstract_state()
-    state = checkpointer.restore(step, abstract)
-  finally:
-    checkpointer.close()
+  state, step, directory = checkpoint.restore_for_eval(
+      workdir, None if wanted < 0 else wanted, exp.sharded_abstract_state(),
+      exp.config.model.to_dict())
   logging.info("Restored step %d from %s onto %d device(s).", step, directory,
                jax.device_count())
   params, batch_stats = state["params"], state["batch_stats"]

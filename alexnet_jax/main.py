@@ -20,6 +20,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from alexnet_jax.errors import CheckpointWriteError, UsageError, UserError, help_asked
+from alexnet_jax.runtime import cpu_runtime, distributed, interrupts, logs
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py); fields overridable as --config.field=value.",
@@ -59,7 +60,13 @@ def _usage_sentence(error: BaseException) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with one sentence and exit status 2 for a wrong command line (instead of
-  a library traceback)."""
+  a library traceback). First of all, the process's signal policy: the config file's imports
+  (jax, flax) take seconds, and a Ctrl-C there must stop the process too."""
+  logs.quiet_library_logs()
+  # SIGTERM/Ctrl-C for the process's whole life: before the training loop a signal stops
+  # start-up with one line; in the loop, the step finishes and a checkpoint is written; a
+  # second Ctrl-C exits at once (runtime/interrupts.py).
+  interrupts.install()
   try:
     argv = flags.FLAGS(argv)
     _CONFIG.value.keys()  # ml_collections defers a config file's load error to here
@@ -73,6 +80,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     if help_asked(argv):
       sys.exit(0)
     raise
+  except interrupts.StoppedEarly as e:
+    interrupts.exit_now(128 + e.signum, interrupts.stopped_early_message(e.signum))
 
 
 def run(config, workdir: str, mode: str) -> int:
@@ -80,11 +89,11 @@ def run(config, workdir: str, mode: str) -> int:
   import jax  # after absl parsed the flags, so JAX picks up its own flags and env
 
   from alexnet_jax import evaluate, experiment, train
-  from alexnet_jax.runtime import compilation_cache, distributed
+  from alexnet_jax.runtime import compilation_cache
 
   distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                timeout_s=config.distributed_timeout_s)
-  cache = compilation_cache.enable(config.get("compilation_cache_dir", ""))
+  cache = compilation_cache.enable(config.compilation_cache_dir)
   logging.info("Compilation cache: %s", cache or "off")
   exp = experiment.build(config, mode)
   if mode == "eval":
@@ -103,25 +112,17 @@ def main(argv):
   with the user-error policy of this module. Returns the exit status."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from alexnet_jax.runtime import cpu_runtime, interrupts, logs
-
-  logs.quiet_library_logs()
+  interrupts.install()  # parse_flags did, unless main is called directly
   config = _CONFIG.value
-  # Before anything starts a JAX backend: XLA reads its flags once, at that moment. The
-  # process count comes from the flags or, on Slurm/TPU/JAX_COORDINATOR_ADDRESS jobs, from
-  # the environment (under Slurm, --num_processes is never passed).
-  from alexnet_jax.runtime import distributed
-  for line in cpu_runtime.configure(config.get("cpu_runtime_tuning", True),
-                                    config.get("cpu_eigen_convolutions", "auto"),
-                                    model_parallel=config.parallel.model,
-                                    num_processes=distributed.process_count(
-                                        _NUM_PROCESSES.value)):
-    logging.info("CPU runtime: %s", line)
-  # SIGTERM/Ctrl-C for the process's whole life: before the training loop a signal stops
-  # start-up with one line; in the loop, the step finishes and a checkpoint is written; a
-  # second Ctrl-C exits at once (runtime/interrupts.py).
-  interrupts.install()
   try:
+    # Before anything starts a JAX backend: XLA reads its flags once, at that moment. The
+    # process count comes from the flags or, on Slurm/TPU/JAX_COORDINATOR_ADDRESS jobs, from
+    # the environment (under Slurm, --num_processes is never passed).
+    for line in cpu_runtime.configure(config.cpu_runtime_tuning, config.cpu_eigen_convolutions,
+                                      model_parallel=config.parallel.model,
+                                      num_processes=distributed.process_count(
+                                          _NUM_PROCESSES.value)):
+      logging.info("CPU runtime: %s", line)
     status = run(config, _WORKDIR.value, _MODE.value)
     received = interrupts.current().signum
     if status == 0 and received is not None:

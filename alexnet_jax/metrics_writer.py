@@ -13,6 +13,8 @@ from typing import Any
 
 from absl import logging
 
+from alexnet_jax.checkpoint import layout
+
 
 def _plain(value: Any) -> Any:
   value = value.item() if hasattr(value, "item") else value
@@ -35,11 +37,11 @@ class MetricWriter:
       return
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+    self._jsonl = open(workdir / layout.METRICS_FILE, "a", encoding="utf-8")
     if tensorboard:
       # tensorboardX writes standard event files without TensorFlow.
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(str(workdir / "tensorboard"))
+      self._tb = SummaryWriter(str(workdir / layout.TENSORBOARD_DIR))
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     """Appends {'step': step, **metrics} (NaN written as null) and the numeric scalars to

@@ -104,11 +104,11 @@ def lars(learning_rate: float, momentum: float, weight_decay: float, trust_coeff
       nesterov=nesterov), freeze)
 
 
-def hyperparams(config: Any) -> dict[str, float]:
+def hyperparams(opt: Any) -> dict[str, float]:
   """The optimizer's numeric hyperparameters other than the rate, by the names its injected
-  state uses (optax.inject_hyperparams): set from the config at every step (steps.py), so a
-  run resumed with new values trains with them, not with those its checkpoint recorded."""
-  opt = config.optimizer
+  state uses (optax.inject_hyperparams), from `opt` (config.optimizer): set at every step
+  (steps.py), so a run resumed with new values trains with them, not with those its
+  checkpoint recorded. Raises UserError for an unknown optimizer.name."""
   names = {"sgd": ("momentum", "weight_decay"),
            "lars": ("momentum", "weight_decay", "trust_coefficient"),
            "adamw": ("b1", "b2", "weight_decay")}
@@ -118,38 +118,41 @@ def hyperparams(config: Any) -> dict[str, float]:
   return {name: float(opt[name]) for name in names[opt.name]}
 
 
-def make_optimizer(config: Any) -> optax.GradientTransformation:
-  """The configured optimizer with its rate and `hyperparams(config)` injected, so each step
-  sets them. Raises UserError for an unknown optimizer.name or an invalid `freeze` regex."""
-  opt = config.optimizer
-  numeric = dict(hyperparams(config), learning_rate=opt.learning_rate)
-  if config.freeze:
-    compile_pattern("freeze", config.freeze)  # a bad pattern fails here, before any tracing
-  static = dict(decay_biases=opt.decay_biases, freeze=config.freeze)
+def make_optimizer(opt: Any, freeze: str) -> optax.GradientTransformation:
+  """The optimizer `opt` (config.optimizer) names, with its rate and `hyperparams(opt)`
+  injected so each step sets them; `freeze` (config.freeze) parameters get no update. Raises
+  UserError for an unknown optimizer.name or an invalid `freeze` regex."""
+  numeric = dict(hyperparams(opt), learning_rate=opt.learning_rate)
+  if freeze:
+    compile_pattern("freeze", freeze)  # a bad pattern fails here, before any tracing
+  static = dict(decay_biases=opt.decay_biases, freeze=freeze)
   if opt.name in ("sgd", "lars"):
     static["nesterov"] = opt.nesterov
   factory = {"sgd": paper_sgd, "lars": lars, "adamw": adamw}[opt.name]
   return optax.inject_hyperparams(factory, static_args=tuple(static))(**numeric, **static)
 
 
-def learning_rate_fn(config: Any, steps_per_epoch: int, total_steps: int) -> Callable:
+def learning_rate_fn(opt: Any, sched: Any, *, batch_size: int, steps_per_epoch: int,
+                     total_steps: int, warmup_steps: int) -> Callable:
   """(step, schedule state) -> the step's learning rate: `make_schedule`'s rate, times the
-  plateau rule's scale when schedule.name is 'plateau' (the scale is that rule's alone: a run
-  resumed under another schedule does not inherit a plateau's reductions)."""
-  base = make_schedule(config, steps_per_epoch, total_steps)
-  if config.schedule.name == "plateau":
+  plateau rule's scale when sched.name is 'plateau' (the scale is that rule's alone: a run
+  resumed under another schedule does not inherit a plateau's reductions). `opt`, `sched`:
+  config.optimizer and config.schedule; the counts from the run's plan."""
+  base = make_schedule(opt, sched, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                       total_steps=total_steps, warmup_steps=warmup_steps)
+  if sched.name == "plateau":
     return lambda step, schedule_state: base(step) * schedule_state["scale"]
   return lambda step, schedule_state: base(step)
 
 
-def make_schedule(config: Any, steps_per_epoch: int, total_steps: int) -> Callable:
-  """step -> base learning rate (before the plateau scale)."""
-  sched = config.schedule
-  peak = config.optimizer.learning_rate
-  base_batch = config.optimizer.base_batch_size
-  if base_batch > 0:  # linear scaling: learning_rate is the rate for base_batch images
-    peak = peak * config.batch_size / base_batch
-  warmup = int(round(sched.warmup_epochs * steps_per_epoch))
+def make_schedule(opt: Any, sched: Any, *, batch_size: int, steps_per_epoch: int,
+                  total_steps: int, warmup_steps: int) -> Callable:
+  """step -> base learning rate (before the plateau scale). Raises UserError for an unknown
+  schedule.name."""
+  peak = opt.learning_rate
+  if opt.base_batch_size > 0:  # linear scaling: learning_rate is the rate for base_batch images
+    peak = peak * batch_size / opt.base_batch_size
+  warmup = warmup_steps
   if sched.name in ("constant", "plateau"):
     main = optax.constant_schedule(peak)
   elif sched.name == "step":
@@ -184,6 +187,11 @@ class Plateau:
   patience: int
   max_reductions: int
   min_delta: float
+
+  @classmethod
+  def of(cls, sched: Any) -> "Plateau":
+    """The rule of `sched` (config.schedule)."""
+    return cls(sched.factor, sched.patience, sched.max_reductions, sched.min_delta)
 
   @staticmethod
   def initial_state() -> dict[str, float]:

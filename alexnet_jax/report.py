@@ -27,13 +27,9 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-LATEST_REPORT_FILE = "eval_report.json"
+from alexnet_jax.checkpoint import layout
+
 TOP_K = 5
-
-
-def report_file(step: int) -> str:
-  """File name of the report of checkpoint `step`."""
-  return f"eval_report_{int(step)}.json"
 
 
 @dataclasses.dataclass
@@ -115,11 +111,11 @@ def write_report(config: Any, info: Any, workdir: str | pathlib.Path, step: int,
   """Writes DIR/eval_report_<step>.json and copies it to DIR/eval_report.json when `step` is
   the newest step reported so far (process 0 only). Returns the per-step path."""
   workdir = pathlib.Path(workdir)
-  path = workdir / report_file(step)
+  path = workdir / layout.eval_report_file(step)
   if jax.process_index() == 0:
     report = build_report(config, info, step, counted)
     path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    latest = workdir / LATEST_REPORT_FILE
+    latest = workdir / layout.LATEST_EVAL_REPORT_FILE
     newest = True
     if latest.is_file():
       try:

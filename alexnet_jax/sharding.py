@@ -18,28 +18,12 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from alexnet_jax import models
-from alexnet_jax.errors import UserError
 
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
-MODEL_PARALLEL_SIZES = (1, models.PAPER_TOWERS)
-
-
-def check_parallel_config(model_parallel: int, num_devices: int, variant: str | None = None) -> None:
-  """One clear error for a `parallel.model` the devices or the model cannot take."""
-  if isinstance(model_parallel, bool) or model_parallel not in MODEL_PARALLEL_SIZES:
-    raise UserError(f"parallel.model={model_parallel!r} is not one of 1 (data parallelism) "
-                     f"or {models.PAPER_TOWERS} (the paper's two towers on two devices).")
-  if num_devices % model_parallel:
-    raise UserError(f"parallel.model={model_parallel} does not divide the {num_devices} "
-                     f"devices; use parallel.model=1 or an even device count.")
-  if model_parallel > 1 and variant is not None and variant not in models.TWO_TOWER_VARIANTS:
-    raise UserError(f"parallel.model={model_parallel} splits the two towers of the paper's "
-                     f"network over devices; model.variant={variant!r} has no towers. Use "
-                     f"model.variant in {models.TWO_TOWER_VARIANTS} or parallel.model=1.")
 
 
 def make_mesh(devices: list[jax.Device] | None = None, model_parallel: int = 1) -> Mesh:
@@ -49,7 +33,6 @@ def make_mesh(devices: list[jax.Device] | None = None, model_parallel: int = 1) 
   Neighbouring devices (same host first) form the 'model' pairs: the towers exchange
   activations every layer, the data replicas only gradients once a step."""
   devices = jax.devices() if devices is None else devices
-  check_parallel_config(model_parallel, len(devices))
   if model_parallel == 1:
     shape, names = (len(devices),), (DATA_AXIS,)
   else:
@@ -62,12 +45,11 @@ def make_mesh(devices: list[jax.Device] | None = None, model_parallel: int = 1) 
   return Mesh(np.asarray(devices).reshape(shape), names)
 
 
-def model_axes(mesh: Mesh, config: Any) -> dict[str, str | None]:
-  """`create_model` keywords for this mesh and `config.parallel`: which mesh axis holds the
-  towers and which one fc6/fc7's kernels are sharded over (None: not used)."""
-  parallel = config.get("parallel", {})
+def model_axes(mesh: Mesh, *, fsdp: bool) -> dict[str, str | None]:
+  """`create_model` keywords for this mesh: which mesh axis holds the towers and which one
+  fc6/fc7's kernels are sharded over (`fsdp`: config.parallel.fsdp; None: not used)."""
   tower = MODEL_AXIS if MODEL_AXIS in mesh.axis_names else None
-  return {"tower_axis": tower, "fsdp_axis": DATA_AXIS if parallel.get("fsdp", False) else None}
+  return {"tower_axis": tower, "fsdp_axis": DATA_AXIS if fsdp else None}
 
 
 def mesh_context(mesh: Mesh):
@@ -92,52 +74,31 @@ def with_mesh(fn, mesh: Mesh):
 
 
 def _path_keys(path) -> tuple:
-  return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def param_spec(layer: str, kind: str, shape: tuple[int, ...], mesh: Mesh, *,
-               tower_axis: str | None = None, fsdp_axis: str | None = None) -> P:
-  """Where one parameter (or BN statistic) `layer/kind` of AlexNet lives.
-
-  Towers: the last axis (conv output channels, dense output features, BN channels) is split
-  over `tower_axis`: conv1 and the grouped conv2/4/5 as on the paper's GPUs, conv3 and the
-  fully connected layers by their outputs (fc8 only when num_classes is even).
-  FSDP: the first axis (input features) of fc6's and fc7's kernels over `fsdp_axis`.
-  """
-  spec = [None] * len(shape)
-  if tower_axis is not None and tower_axis in mesh.axis_names and shape:
-    if shape[-1] % models.PAPER_TOWERS == 0 and layer.startswith(("conv", "bn", "fc")):
-      spec[-1] = tower_axis
-  if fsdp_axis is not None and layer in models.FSDP_LAYERS and kind == "kernel":
-    size = dict(zip(mesh.axis_names, mesh.devices.shape))[fsdp_axis]
-    if shape[0] % size:
-      raise UserError(
-          f"parallel.fsdp=True shards {layer}'s kernel rows ({shape[0]}) over the {size} "
-          f"devices of the '{fsdp_axis}' axis, which do not divide them; use a device count "
-          f"that does, or parallel.fsdp=False.")
-    spec[0] = fsdp_axis
-  return P(*spec)
+def layer_leaf_shapes(abstract_state: Any) -> dict[tuple[str, str], tuple[int, ...]]:
+  """{(layer, kind): shape} of the state's params and BN statistics, e.g. ('conv1', 'kernel'),
+  ('bn1', 'mean'): what models.partition_specs places."""
+  trees = [abstract_state["params"], abstract_state["batch_stats"]]
+  return {_path_keys(path)[-2:]: tuple(leaf.shape)
+          for tree in trees for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, *, tower_axis: str | None = None,
-                    fsdp_axis: str | None = None) -> Any:
-  """NamedShardings for every leaf of the train state (or any tree holding parameters).
+def state_shardings(abstract_state: Any, mesh: Mesh,
+                    specs: dict[tuple[str, str], P]) -> Any:
+  """NamedShardings for every leaf of the train state, from the partition rules `specs`
+  ({(layer, kind): PartitionSpec}, models.partition_specs).
 
-  A leaf whose path ends in a parameter's `(layer, kind)` and has its shape is placed like
-  that parameter: the params themselves, BN statistics, and the optimizer's per-parameter
+  A leaf whose path ends in a (layer, kind) of `specs` and has that parameter's shape is
+  placed like it: the params themselves, BN statistics, and the optimizer's per-parameter
   state (momentum, Adam moments, under any wrapper). Everything else is replicated."""
-  params = abstract_state.get("params", {}) if isinstance(abstract_state, dict) else {}
-  shapes = {_path_keys(path)[-2:]: tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  shapes = layer_leaf_shapes(abstract_state)
 
   def sharding(path, leaf):
-    keys = _path_keys(path)
-    shape = tuple(getattr(leaf, "shape", ()))
-    if len(keys) >= 2 and (keys[-2:] in shapes and shapes[keys[-2:]] == shape
-                           or keys[0] == "batch_stats"):
-      layer, kind = keys[-2:]
-      return NamedSharding(mesh, param_spec(str(layer), str(kind), shape, mesh,
-                                            tower_axis=tower_axis, fsdp_axis=fsdp_axis))
+    keys = _path_keys(path)[-2:]
+    if keys in specs and shapes.get(keys) == tuple(getattr(leaf, "shape", ())):
+      return NamedSharding(mesh, specs[keys])
     return replicated(mesh)
 
   return jax.tree_util.tree_map_with_path(sharding, abstract_state)
@@ -165,7 +126,6 @@ def to_host(tree: Any) -> Any:
       return np.asarray(x.addressable_data(0))
     if x.is_fully_addressable:
       return np.asarray(x)
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return jax.tree.map(fetch, tree)
 
@@ -180,15 +140,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def check_batch_size(name: str, global_batch_size: int, mesh: Mesh) -> None:
-  """Raises UserError naming `name` when the global batch does not divide over the devices."""
-  devices = mesh.devices.size
-  if global_batch_size % devices:
-    raise UserError(
-        f"{name}={global_batch_size} is not divisible by the {devices} devices of the mesh; "
-        f"use a multiple of {devices}.")
-
-
 def to_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Each process's rows become its part of one global array sharded over 'data'."""
   sharding = batch_sharding(mesh)
@@ -201,3 +152,10 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   sharding = replicated(mesh)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def global_sum(value: int) -> int:
+  """Sum of a host integer over all processes (every process must call it)."""
+  if jax.process_count() == 1:
+    return int(value)
+  return int(multihost_utils.process_allgather(np.int64(value)).sum())

@@ -1,9 +1,10 @@
 """The train state (a plain dict) and its sharded creation.
 
 {'step', 'params', 'batch_stats', 'opt_state', 'rng', 'schedule'}: everything a resumed run
-needs besides the data iterator. `batch_stats` holds alexnet_bn's running BN statistics and is
-an empty dict for the other variants, so the tree has the same keys for every model. Created with `jax.eval_shape` and a jitted init whose outputs land directly on
-their shardings, never as full arrays on one device first.
+needs (the data position is the step). `batch_stats` holds alexnet_bn's running BN statistics
+and is an empty dict for the other variants, so the tree has the same keys for every model.
+Created with `jax.eval_shape` and a jitted init whose outputs land directly on their
+shardings, never as full arrays on one device first.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
 
-from alexnet_jax import optim, sharding
+from alexnet_jax import optim
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...]):
@@ -33,27 +33,15 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape: tu
   return init
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, model: Any = None) -> Any:
-  # Data parallelism replicates everything; the model's tower/fsdp axes (config.parallel)
-  # split parameters, their optimizer state and BN statistics (sharding.state_shardings).
-  """The sharding of every leaf of the train state for this mesh and the model's tower /
-  FSDP axes (sharding.state_shardings)."""
-  return sharding.state_shardings(abstract_state, mesh,
-                                  tower_axis=getattr(model, "tower_axis", None),
-                                  fsdp_axis=getattr(model, "fsdp_axis", None))
+def abstract_train_state(model, tx, input_shape) -> Any:
+  """The train state as ShapeDtypeStructs, without allocating anything."""
+  return jax.eval_shape(_init_fn(model, tx, input_shape), jnp.uint32(0))
 
 
-def abstract_train_state(model, tx, input_shape, mesh: Mesh) -> tuple[Any, Any]:
-  """(abstract state, shardings) without allocating anything."""
-  abstract = jax.eval_shape(_init_fn(model, tx, input_shape), jnp.uint32(0))
-  return abstract, state_shardings(abstract, mesh, model)
-
-
-def create_train_state(model, tx, input_shape, mesh: Mesh, seed: int) -> Any:
-  """A fresh train state from `seed`, created directly on its shardings by a jitted init
+def create_train_state(model, tx, input_shape, shardings: Any, seed: int) -> Any:
+  """A fresh train state from `seed`, created directly on `shardings` by a jitted init
   (never whole on one device first)."""
   init = _init_fn(model, tx, input_shape)
-  _, shardings = abstract_train_state(model, tx, input_shape, mesh)
   return jax.jit(init, out_shardings=shardings)(jnp.asarray(seed, jnp.uint32))
 
 

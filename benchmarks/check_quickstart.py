@@ -20,7 +20,7 @@ import json
 import pathlib
 import sys
 
-LATEST_REPORT_FILE = "eval_report.json"  # alexnet_jax/report.py's names
+LATEST_REPORT_FILE = "eval_report.json"  # alexnet_jax/checkpoint/layout.py's names
 REPORT_PREFIX = "eval_report_"
 
 

@@ -509,10 +509,10 @@ def _layer_forms(layer: str, attribute: str) -> dict[str, Callable]:
 def layer_cases(smoke: bool = False) -> list[LayerCase]:
   """The per-layer cases at the paper net's shapes for batch 512 (--smoke: batch 2): conv1's
   output (55x55x96, two towers) and conv2's (27x27x256), conv5's for the last pool."""
-  from alexnet_jax import config_base
+  from alexnet_jax import models
   from alexnet_jax.models import layers
   b = 2 if smoke else BATCH
-  preset = config_base.model_preset("paper")
+  preset = models.model_preset("paper")
   lrn_kwargs = dict(size=preset["lrn_size"], k=preset["lrn_k"], alpha=preset["lrn_alpha"],
                     beta=preset["lrn_beta"],
                     alpha_divided_by_size=preset["lrn_alpha_divided_by_size"], groups=2)

@@ -86,7 +86,6 @@ def _header() -> dict:
 
 
 def measure_scales() -> None:
-  import jax
   import jax.numpy as jnp
   import optax
 
@@ -132,7 +131,8 @@ def train_run(name: str) -> dict:
 
   config = proxy_config(RUNS[name])
   exp = experiment.build(config)
-  state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.mesh, config.seed)
+  state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.state_shardings,
+                                       config.seed)
   batches = exp.train_batches()
   chance = math.log(config.model.num_classes)
   curve, pending, left_chance = {}, [], None

@@ -21,7 +21,7 @@ def lower_train_step(config, *, state=None) -> dict:
 
   exp = experiment.build(config)
   if state is None:
-    state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.mesh,
+    state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.state_shardings,
                                          config.seed)
   size, channels = config.model.image_size, config.model.in_channels
   rng = np.random.default_rng(0)

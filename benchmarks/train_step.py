@@ -21,7 +21,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
 from absl import app, flags
 from ml_collections import config_flags

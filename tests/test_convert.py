@@ -177,7 +177,7 @@ def test_pytorch_examples_keys_are_read_without_torch(monkeypatch, tmp_path):
   layout, variant = convert.read_layout_file(path)
   assert variant == "torchvision" and sorted(layout) == sorted(arrays)
   params, config = convert.params_from_file(
-      path, {**models.default_model_config("torchvision"), "image_size": 224})
+      path, {**models.model_preset("torchvision"), "image_size": 224})
   assert config["num_classes"] == 1000 and config["in_channels"] == 3
   assert_trees_equal(params, golden.case_params("torchvision_224"))
   saved["state_dict"] = {"encoder.weight": _FakeTensor(np.zeros(3))}
@@ -265,7 +265,7 @@ def test_torchvision_adaptive_pool_matches_pytorch(image_size):
 
 def test_d2l_at_another_image_size_matches_pytorch():
   pytest.importorskip("torch")
-  cfg = {**models.default_model_config("d2l"), "image_size": 128}  # 2x2x256 into fc6
+  cfg = {**models.model_preset("d2l"), "image_size": 128}  # 2x2x256 into fc6
   assert_parity(cfg, glorot_random_params("d2l", image_size=128),
                 random_normal_images(cfg, batch=2, seed=2))
 
@@ -281,7 +281,7 @@ def test_load_torchvision_state_dict_file(tmp_path):
   torch.save(model.state_dict(), path)
   params = convert.load_torchvision(path)  # num_classes read from the file
   assert params["fc8"]["kernel"].shape == (4096, 10)
-  cfg = {**models.default_model_config("torchvision"), "num_classes": 10,
+  cfg = {**models.model_preset("torchvision"), "num_classes": 10,
          "image_size": 100}
   images = random_normal_images(cfg, batch=1, seed=3)
   got = np.asarray(models.logits("torchvision", params, images, num_classes=10,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import report as eval_report, evaluate, experiment, models
+from alexnet_jax.checkpoint import layout
 from alexnet_jax.data import fashion_mnist
 
 try:  # tests/ on sys.path (pytest's default): the same module, so one shared run per session
@@ -40,7 +41,7 @@ def test_counts_and_summary_by_hand():
 def report(tmp_path_factory):
   workdir, config = shared.shared_run(tmp_path_factory)
   result = evaluate.evaluate_checkpoint(experiment.build(config, "eval"), workdir)
-  return result, json.loads((workdir / eval_report.LATEST_REPORT_FILE).read_text())
+  return result, json.loads((workdir / layout.LATEST_EVAL_REPORT_FILE).read_text())
 
 
 def test_mode_eval_writes_the_report(report):
@@ -97,7 +98,7 @@ def test_reports_are_named_by_step_and_the_latest_is_copied(tmp_path):
   later = eval_report.write_report(cfg, info, tmp_path, 500, counts)
   earlier = eval_report.write_report(cfg, info, tmp_path, 400, counts)
   assert later.name == "eval_report_500.json" and earlier.name == "eval_report_400.json"
-  latest = json.loads((tmp_path / eval_report.LATEST_REPORT_FILE).read_text())
+  latest = json.loads((tmp_path / layout.LATEST_EVAL_REPORT_FILE).read_text())
   assert latest["step"] == 500  # evaluating an older step does not replace the latest report
 
 

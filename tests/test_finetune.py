@@ -42,7 +42,7 @@ def tree_equal(a, b) -> bool:
   return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-TORCHVISION_10 = {**models.default_model_config("torchvision"), "num_classes": 10,
+TORCHVISION_10 = {**models.model_preset("torchvision"), "num_classes": 10,
                   "image_size": 63}
 
 
@@ -89,7 +89,7 @@ def test_torchvision_file_is_read_exactly(pth):
 def test_user_mistakes_are_one_clear_sentence(pth, source_run, tmp_path):
   with pytest.raises(UserError, match="init_from='.*nowhere.pth' does not exist"):
     finetune.load_pretrained(str(tmp_path / "nowhere.pth"), TORCHVISION_10)
-  d2l = models.default_model_config("d2l")
+  d2l = models.model_preset("d2l")
   with pytest.raises(ValueError, match="torchvision AlexNet weights but model.variant='d2l'"):
     finetune.load_pretrained(str(pth), d2l)
   with pytest.raises(ckpt_lib.CheckpointMismatchError, match="variant='d2l'"):
@@ -106,11 +106,11 @@ def test_freeze_and_reinit_patterns_are_checked():
   config = config_base.base_config()
   config.freeze = "conv["
   with pytest.raises(ValueError, match="freeze='conv\\[' is not a valid regular expression"):
-    optim.make_optimizer(config)
+    optim.make_optimizer(config.optimizer, config.freeze)
   config.freeze = "^nothing"
   params = {"conv1": {"kernel": jnp.ones((2, 2))}}
   with pytest.raises(ValueError, match="freeze='\\^nothing' matches no parameter"):
-    optim.make_optimizer(config).init(params)
+    optim.make_optimizer(config.optimizer, config.freeze).init(params)
   config.freeze, config.reinit = "", "fc8"
   with pytest.raises(ValueError, match="init_from is empty"):
     finetune.check_config(config)
@@ -120,7 +120,7 @@ def test_frozen_parameters_get_no_update_no_decay_and_no_momentum():
   config = config_base.base_config()
   config.freeze = "^conv"
   config.optimizer.weight_decay = 0.1  # large: any decay would show
-  tx = optim.make_optimizer(config)
+  tx = optim.make_optimizer(config.optimizer, config.freeze)
   params = {"conv1": {"kernel": jnp.full((3, 3), 2.0), "bias": jnp.full((3,), -1.0)},
             "fc6": {"kernel": jnp.full((3, 2), 2.0), "bias": jnp.ones((2,))}}
   opt_state = tx.init(params)
@@ -155,7 +155,7 @@ def test_fine_tune_run_keeps_frozen_layers_bit_identical(source_run, tmp_path):
 
 
 def test_restoring_into_another_head_without_reinit_is_an_error(source_run):
-  """What the trainer calls after initializing a fresh 5-class model (train._restore_or_init)."""
+  """What the trainer calls after initializing a fresh 5-class model (train._init_state)."""
   config = shared.tiny_config(init_from=str(source_run), **{"model.num_classes": 5})
   fresh = jax.tree.map(jnp.asarray, fresh_params(**config.model.to_dict()))
   with pytest.raises(ValueError, match="10 classes but model.num_classes=5.*--config.reinit=fc8"):

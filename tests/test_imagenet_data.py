@@ -20,6 +20,7 @@ import pytest
 
 from alexnet_jax import data as data_lib, sharding
 from alexnet_jax.errors import UserError
+from alexnet_jax.plan import make_plan
 from alexnet_jax.tools import prepare
 from alexnet_jax.data import imagenet, pipeline, transforms
 
@@ -338,11 +339,14 @@ def test_splits_with_the_imagenet_config(tmp_path):
   assert train.info.has_crops
   assert (train.num_examples, evaluation.num_examples) == (12, 5)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  batch = next(data_lib.train_batches(config, mesh, split=train))
+  loading = data_lib.Loading.of(config.data)
+  batch = next(data_lib.train_batches(train, mesh, seed=config.seed,
+                                      batch_size=config.batch_size, loading=loading))
   assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.uint8
   labels = np.asarray(batch["label"])
   assert labels.dtype == np.int32 and set(labels.tolist()) <= set(fx.WNIDS.values())
-  batches = list(data_lib.eval_batches(config, mesh, split=evaluation))
+  batches = list(data_lib.eval_batches(evaluation, mesh, batch_size=config.eval_batch_size,
+                                       loading=loading))
   assert len(batches) == 2 and sum(int(np.asarray(b["mask"]).sum()) for b in batches) == 5
 
 
@@ -351,7 +355,11 @@ def test_ten_crop_evaluation_batches(tmp_path):
   config = fx.imagenet_config(tmp_path, batch_size=4)
   config.data.ten_crop = True
   mesh = sharding.make_mesh(jax.devices()[:1])
-  batch = next(data_lib.eval_batches(config, mesh))
+  evaluation = data_lib.open_split(config, "eval")
+  plan = make_plan(config, num_devices=1, num_processes=1, train_examples=None,
+                   eval_examples=evaluation.num_examples)
+  batch = next(data_lib.eval_batches(evaluation, mesh, batch_size=plan.eval_batch,
+                                     loading=data_lib.Loading.of(config.data)))
   # 3 images: the eval batch is cut to what the split needs, not padded to 4 rows.
   assert batch["image"].shape == (3, 10, 16, 16, 3)
 

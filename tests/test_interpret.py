@@ -116,7 +116,7 @@ def test_filter_grids_are_shaped_to_fill_their_box():
 
 @pytest.mark.parametrize("variant,size", [("d2l", 65), ("torchvision", 63)])
 def test_alexnet_head_reproduces_the_logits(variant, size):
-  cfg = {**models.default_model_config(variant), "image_size": size, "num_classes": 7}
+  cfg = {**models.model_preset(variant), "image_size": size, "num_classes": 7}
   kwargs = {k: v for k, v in cfg.items() if k != "variant"}
   params = models.init(variant, 0, **kwargs)
   probe = interpret.AlexNetProbe(cfg, params, mean=(100.0,), std=(50.0,))
@@ -127,7 +127,7 @@ def test_alexnet_head_reproduces_the_logits(variant, size):
 
 
 def test_probe_maps_have_the_expected_shapes():
-  cfg = {**models.default_model_config("d2l"), "image_size": 65}
+  cfg = {**models.model_preset("d2l"), "image_size": 65}
   probe = interpret.AlexNetProbe(cfg, models.init("d2l", 0, image_size=65), mean=(0.0,),
                                  std=(255.0,))
   image = RNG.uniform(0, 255, (65, 65, 1)).astype(np.float32)

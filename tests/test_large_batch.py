@@ -36,7 +36,7 @@ def test_alexnet_bn_parameters_and_batch_stats():
   assert models.count_params(stats) == 2 * 1_376
   np.testing.assert_array_equal(stats["bn3"]["var"], np.ones(384, np.float32))
   assert models.init_batch_stats("paper") == {}
-  assert models.default_model_config("alexnet_bn")["init"] == "caffe"
+  assert models.model_preset("alexnet_bn")["init"] == "caffe"
   assert models.layer_shapes("alexnet_bn", image_size=227)["pool5"] == (6, 6, 256)
 
 
@@ -95,8 +95,11 @@ def test_batch_statistics_are_over_the_global_batch():
   results = {}
   for devices in (8, 1):
     mesh = sharding.make_mesh(jax.devices()[:devices])
-    _, shardings = state_lib.abstract_train_state(model, tx, (1, 227, 227, 3), mesh)
-    state = state_lib.create_train_state(model, tx, (1, 227, 227, 3), mesh, seed=0)
+    abstract = state_lib.abstract_train_state(model, tx, (1, 227, 227, 3))
+    specs = models.partition_specs(sharding.layer_leaf_shapes(abstract), fsdp_axis="data",
+                                   axis_sizes=dict(mesh.shape))
+    shardings = sharding.state_shardings(abstract, mesh, specs)
+    state = state_lib.create_train_state(model, tx, (1, 227, 227, 3), shardings, seed=0)
     step = jax.jit(
         sharding.with_mesh(steps.make_train_step(model, tx, lambda s, _: 0.01,
                                                  {"momentum": 0.9, "weight_decay": 5e-4},
@@ -117,7 +120,8 @@ def test_poly_schedule_warmup_and_linear_scaling():
   config = imagenet_large_batch.get_config()
   config.batch_size = 4096  # half the recipe's batch: half its rate (linear scaling)
   config.schedule.warmup_epochs = 1.0
-  schedule = optim.make_schedule(config, steps_per_epoch=10, total_steps=30)
+  schedule = optim.make_schedule(config.optimizer, config.schedule, batch_size=config.batch_size,
+                                 steps_per_epoch=10, total_steps=30, warmup_steps=10)
   peak = 14.0 * 4096 / 8192
   assert float(schedule(0)) == pytest.approx(peak / 10)
   assert float(schedule(9)) == pytest.approx(peak)
@@ -127,7 +131,7 @@ def test_poly_schedule_warmup_and_linear_scaling():
 
 def test_lars_exempts_biases_from_trust_ratio_and_decay():
   config = imagenet_large_batch.get_config()
-  tx = optim.make_optimizer(config)
+  tx = optim.make_optimizer(config.optimizer, config.freeze)
   params = {"w": jnp.full((2, 2), 2.0), "b": jnp.full((2,), 2.0)}
   grads = {"w": jnp.full((2, 2), 1.0), "b": jnp.full((2,), 1.0)}
   state = tx.init(params)

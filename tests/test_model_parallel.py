@@ -36,7 +36,7 @@ def _train(layout: str):
   # of the test's 38 on 2 cores; 8 devices training like one is tested in test_train_cli.
   devices = jax.devices()[:1] if layout == "data" else None
   exp = experiment.build(small_config(*LAYOUTS[layout]), devices=devices)
-  state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.mesh, 0)
+  state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape, exp.state_shardings, 0)
   batches = exp.train_batches()
   losses = []
   for _ in range(STEPS):
@@ -78,7 +78,8 @@ def test_tower_checkpoint_restores_and_evaluates_in_data_parallel_mode(runs, tmp
   data_exp, data_state, _ = runs["data"]
   towers_exp, towers_state, _ = runs["towers"]
   saver = ckpt_lib.Checkpointer(tmp_path / "checkpoints", keep=1)
-  saver.save(STEPS, towers_state, None, towers_exp.checkpoint_meta())
+  saver.save(STEPS, towers_state,
+             ckpt_lib.layout.meta(towers_exp.config, towers_exp.info.class_names))
   saver.wait()
   saver.close()
   reader = ckpt_lib.Checkpointer(tmp_path / "checkpoints", keep=1, read_only=True)
@@ -99,6 +100,15 @@ def test_tower_checkpoint_restores_and_evaluates_in_data_parallel_mode(runs, tmp
   assert sums["towers"]["top5"] == sums["data"]["top5"]
 
 
+def _shardings(params, mesh, **axes):
+  """The train-state shardings of a state holding only `params`, as experiment.build makes
+  them: the model's partition rules applied by sharding."""
+  state = {"params": params, "batch_stats": {}}
+  specs = models.partition_specs(sharding.layer_leaf_shapes(state), **axes,
+                                 axis_sizes=dict(mesh.shape))
+  return sharding.state_shardings(state, mesh, specs)
+
+
 def test_parameter_shardings_and_per_device_bytes():
   mesh_2d = sharding.make_mesh(model_parallel=2)
   mesh_1d = sharding.make_mesh()
@@ -106,7 +116,7 @@ def test_parameter_shardings_and_per_device_bytes():
   total = models.count_params(params) * 4
 
   def sharded(mesh, **axes):
-    shardings = sharding.state_shardings({"params": params}, mesh, **axes)["params"]
+    shardings = _shardings(params, mesh, **axes)["params"]
     return shardings, sharding.shard_bytes(params, shardings)
 
   towers, tower_bytes = sharded(mesh_2d, tower_axis="model")
@@ -128,7 +138,7 @@ def test_parameter_shardings_and_per_device_bytes():
 
   # An odd number of classes cannot be split over two towers: fc8 stays whole.
   odd = jax.eval_shape(lambda: models.init("paper", 0, num_classes=5))
-  odd_shardings = sharding.state_shardings({"params": odd}, mesh_2d, tower_axis="model")
+  odd_shardings = _shardings(odd, mesh_2d, tower_axis="model")
   assert odd_shardings["params"]["fc8"]["kernel"].spec == P(None, None)
 
 
@@ -139,14 +149,14 @@ def test_parameter_shardings_and_per_device_bytes():
 ])
 def test_parallel_config_errors(model_parallel, devices, variant, message):
   with pytest.raises(ValueError, match=message):
-    sharding.check_parallel_config(model_parallel, devices, variant)
+    models.check_parallel(variant, model_parallel, devices)
 
 
 def test_fsdp_needs_a_dividing_device_count():
   mesh = sharding.make_mesh(jax.devices()[:3])
   params = jax.eval_shape(lambda: models.init("paper", 0))
   with pytest.raises(ValueError, match="parallel.fsdp=True shards fc7's kernel rows"):
-    sharding.state_shardings({"params": params}, mesh, fsdp_axis="data")
+    _shardings(params, mesh, fsdp_axis="data")
 
 
 def test_experiment_refuses_towers_for_a_single_tower_variant():

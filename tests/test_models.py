@@ -1,5 +1,5 @@
 """Tests of alexnet_jax.models: shapes, parameter counts, LRN, towers, dtype, init, dropout,
-config defaults (config_base.model_preset) and errors."""
+config defaults (models.model_preset) and errors."""
 
 from __future__ import annotations
 
@@ -333,29 +333,27 @@ def test_dropout_placement(variant, image_size):
 
 def test_default_configs():
   assert models.VARIANTS == ("paper", "torchvision", "d2l", "alexnet_bn")
-  paper = models.default_model_config("paper")
+  paper = models.model_preset("paper")
   assert (paper["num_classes"], paper["in_channels"], paper["image_size"],
           paper["init"]) == (1000, 3, 224, "paper")
-  tv = models.default_model_config("torchvision")
+  tv = models.model_preset("torchvision")
   assert (tv["num_classes"], tv["in_channels"], tv["image_size"], tv["init"]) == (
       1000, 3, 224, "torch")
-  d2l = models.default_model_config("d2l")
+  d2l = models.model_preset("d2l")
   assert (d2l["num_classes"], d2l["in_channels"], d2l["image_size"], d2l["init"]) == (
       10, 1, 224, "xavier")
   assert set(paper) == set(models.CONFIG_FIELDS)
   assert paper["lrn_alpha_divided_by_size"] is True and paper["group_impl"] == "auto"
   assert paper["kernels"] == "auto"
-  bn = models.default_model_config("alexnet_bn")
+  bn = models.model_preset("alexnet_bn")
   assert (bn["num_classes"], bn["in_channels"], bn["image_size"], bn["init"]) == (
       1000, 3, 224, "caffe")
 
 
-def test_defaults_have_one_home_in_config_base():
-  for variant in models.VARIANTS:
-    assert models.default_model_config(variant) == config_base.model_preset(variant)
-  assert config_base.base_config().model.to_dict() == config_base.model_preset("paper")
+def test_model_defaults_have_one_home_in_models():
+  assert config_base.base_config().model.to_dict() == models.model_preset("paper")
   with pytest.raises(ValueError, match="model.variant='vgg' is not one of"):
-    config_base.model_preset("vgg")
+    models.model_preset("vgg")
   # AlexNet itself has no defaults for config fields: create_model fills them.
   with pytest.raises(TypeError):
     models.AlexNet(variant="paper")
@@ -445,6 +443,6 @@ def test_auto_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu():
   assert models.resolve_dtype("auto", "tpu")[0] == "bfloat16"
   assert models.resolve_dtype("auto", "cpu")[0] == "float32"
   assert models.resolve_dtype("bfloat16", "cpu") == ("bfloat16", "set by model.dtype")
-  assert config_base.model_preset("paper")["dtype"] == "auto"
+  assert models.model_preset("paper")["dtype"] == "auto"
   # The tests run on the CPU: a model built with the default computes in float32.
   assert models.create_model(variant="d2l", image_size=96).dtype == "float32"

@@ -15,10 +15,16 @@ def _config(**schedule):
   return c
 
 
+def _schedule(c, steps_per_epoch, total_steps):
+  return optim.make_schedule(
+      c.optimizer, c.schedule, batch_size=c.batch_size, steps_per_epoch=steps_per_epoch,
+      total_steps=total_steps, warmup_steps=round(c.schedule.warmup_epochs * steps_per_epoch))
+
+
 def test_sgd_is_the_papers_momentum_rule_with_changing_rate():
   """v <- 0.9 v - 0.0005 lr w - lr g ; w <- w + v, with the rate inside the momentum."""
   c = base_config()
-  tx = optim.make_optimizer(c)
+  tx = optim.make_optimizer(c.optimizer, c.freeze)
   params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array([0.5])}
   state = tx.init(params)
   w, v = np.array([1.0, -2.0]), np.zeros(2)
@@ -35,7 +41,7 @@ def test_sgd_is_the_papers_momentum_rule_with_changing_rate():
 def test_biases_can_be_left_undecayed():
   c = base_config()
   c.optimizer.decay_biases = False
-  tx = optim.make_optimizer(c)
+  tx = optim.make_optimizer(c.optimizer, c.freeze)
   params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
@@ -44,13 +50,13 @@ def test_biases_can_be_left_undecayed():
 
 
 def test_step_schedule_divides_by_ten_at_epoch_boundaries():
-  fn = optim.make_schedule(_config(name="step", boundaries_epochs=(1.0, 2.0)), 10, 30)
+  fn = _schedule(_config(name="step", boundaries_epochs=(1.0, 2.0)), 10, 30)
   assert [float(fn(s)) for s in (0, 9, 10, 19, 20)] == pytest.approx(
       [0.01, 0.01, 0.001, 0.001, 0.0001])
 
 
 def test_warmup_then_cosine():
-  fn = optim.make_schedule(_config(name="cosine", warmup_epochs=1.0), 10, 110)
+  fn = _schedule(_config(name="cosine", warmup_epochs=1.0), 10, 110)
   assert float(fn(0)) == pytest.approx(0.001)
   assert float(fn(9)) == pytest.approx(0.01, rel=1e-3)
   assert float(fn(109)) < 1e-4
@@ -58,7 +64,7 @@ def test_warmup_then_cosine():
 
 def test_unknown_schedule_names_the_field():
   with pytest.raises(ValueError, match="schedule.name"):
-    optim.make_schedule(_config(name="exponential"), 10, 10)
+    _schedule(_config(name="exponential"), 10, 10)
 
 
 def test_plateau_divides_after_patience_at_most_max_times():

@@ -81,11 +81,6 @@ def test_eval_counts_every_example_exactly_once(n, batch, processes):
   assert sorted(seen) == list(range(n))
 
 
-def test_batch_not_divisible_by_processes_is_a_clear_error():
-  with pytest.raises(ValueError, match="not divisible"):
-    pipeline.train_dataset(Numbers(10), noisy, seed=0, global_batch_size=6, process_count=4)
-
-
 def test_bad_records_are_replaced_and_counted():
   def fails_on_multiples_of_five(record, u):
     if record % 5 == 0:
@@ -172,7 +167,7 @@ def test_the_train_stream_resumes_by_step_alone():
 
 
 def test_a_started_pipeline_gives_the_same_batches_and_its_start_up_time():
-  """DeviceBatches.start(): what the evaluation's pre-start uses (hooks.EvalPrestart)."""
+  """DeviceBatches.start(): what the evaluation's pre-start uses (periodic.EvalPrestart)."""
   import jax
 
   from alexnet_jax import sharding

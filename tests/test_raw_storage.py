@@ -85,7 +85,9 @@ def test_raw_build_trains_and_evaluates_with_exact_counts(tmp_path):
     return params - 1.0 * grads, loss
 
   losses = []
-  batches = data_lib.train_batches(config, mesh, split=train)
+  loading = data_lib.Loading.of(config.data)
+  batches = data_lib.train_batches(train, mesh, seed=config.seed, batch_size=config.batch_size,
+                                   loading=loading)
   for _ in range(3):
     batch = next(batches)
     assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == jnp.uint8
@@ -94,7 +96,8 @@ def test_raw_build_trains_and_evaluates_with_exact_counts(tmp_path):
   assert losses[-1] < losses[0]
   for ten_crop, shape in ((False, (16, 16, 3)), (True, (10, 16, 16, 3))):
     evaluation = data_lib.open_split(config, "eval", ten_crop=ten_crop)
-    batches = list(data_lib.eval_batches(config, mesh, split=evaluation))
+    batches = list(data_lib.eval_batches(evaluation, mesh, batch_size=config.eval_batch_size,
+                                         loading=loading))
     assert sum(int(np.asarray(b["mask"]).sum()) for b in batches) == 3
     assert all(b["image"].shape[1:] == shape for b in batches)
     labels = sorted(int(l) for b in batches for l, m in zip(np.asarray(b["label"]),

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpoint as ckpt_lib, experiment, sharding, train
-from alexnet_jax.config_base import MODEL_VARIANTS, base_config, model_preset
+from alexnet_jax.config_base import base_config
+from alexnet_jax.models import VARIANTS, model_preset
 from configs import synthetic
 from tests.helpers import SMALL, read_metrics, run_main
 
@@ -23,7 +24,7 @@ def test_every_config_field_is_in_exactly_one_resume_class():
   refused, applied = set(ckpt_lib.RESUME_REFUSED), set(ckpt_lib.RESUME_APPLIED)
   assert not refused & applied, refused & applied
   fields = set(ckpt_lib.flat_config(base_config()))
-  for variant in MODEL_VARIANTS:
+  for variant in VARIANTS:
     fields |= {f"model.{name}" for name in model_preset(variant)}
   assert fields - refused - applied == set(), "fields with no resume class"
   assert (refused | applied) - fields == set(), "resume classes name fields that do not exist"
@@ -103,7 +104,7 @@ def _tree_hash(directory: pathlib.Path) -> str:
   """Every file's name and bytes, but the workdir lock's (held by whoever runs there)."""
   digest = hashlib.sha256()
   for path in sorted(p for p in directory.rglob("*")
-                     if p.is_file() and not p.name.startswith(train.LOCK_FILE)):
+                     if p.is_file() and not p.name.startswith(ckpt_lib.layout.LOCK_FILE)):
     digest.update(str(path.relative_to(directory)).encode())
     digest.update(path.read_bytes())
   return digest.hexdigest()

@@ -2,10 +2,10 @@
 
 Entry points (each builds only the split it is asked for, so `--mode=eval` never opens the
 training split):
-- `train_batches(config, mesh, start_step)`: global device batches of the training stream,
-  positioned at a step (the order is a function of `config.seed` and the step alone), loaded
+- `train_batches(split, mesh, ...)`: global device batches of the training stream,
+  positioned at a step (the order is a function of the seed and the step alone), loaded
   ahead of the step and placed on the mesh (`data/device.py`), skipped records counted.
-- `eval_batches(config, mesh, ten_crop=None)`: one exact pass over the eval split.
+- `eval_batches(split, mesh, ...)`: one exact pass over the eval split.
 - `open_split(config, split)`: the source, transform and `DataInfo` of one split.
 
 Images stay uint8 from the source to the device; normalization and any resize to
@@ -15,7 +15,6 @@ Images stay uint8 from the source to the device; normalization and any resize to
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 from alexnet_jax.errors import UserError
@@ -84,40 +83,50 @@ def open_split(config: Any, split: str, *, ten_crop: bool | None = None) -> Spli
   return _source_module(config.data.source).build(config, split, ten_crop=ten_crop)
 
 
-def effective_eval_batch_size(requested: int, num_examples: int, multiple: int) -> int:
-  """The eval batch: `requested`, or less when the split is smaller, rounded up to `multiple`
-  (the device count) so it still divides over the devices. A 46-image split is never padded
-  to 256 rows."""
-  needed = math.ceil(num_examples / multiple) * multiple
-  return max(multiple, min(requested, needed))
+@dataclasses.dataclass(frozen=True)
+class Loading:
+  """How batches are loaded: Grain worker processes (0: in the trainer), host batches and
+  device batches loaded ahead of the step (config.data's fields of the same names)."""
+  num_workers: int
+  prefetch_batches: int
+  device_prefetch: int
+
+  @classmethod
+  def of(cls, data_config: Any) -> "Loading":
+    """From `config.data`; UserError for a negative value."""
+    values = {f.name: data_config[f.name] for f in dataclasses.fields(cls)}
+    for field, value in values.items():
+      if value < 0:
+        raise UserError(f"data.{field}={value} must be 0 or more.")
+    return cls(**values)
 
 
-def train_batches(config: Any, mesh, *, start_step: int = 0, split: Split | None = None):
-  """The training stream from `start_step` on, as a `device.DeviceBatches` iterator."""
+def train_batches(split: Split, mesh, *, seed: int, batch_size: int, loading: Loading,
+                  start_step: int = 0):
+  """The training stream of `split` from `start_step` on, in global batches of `batch_size`
+  (the order a function of `seed` and the step), as a `device.DeviceBatches` iterator."""
   import jax
 
   from alexnet_jax.data import device
-  split = split or open_split(config, "train")
   dataset = pipeline.train_dataset(
-      split.source, split.transform, seed=config.seed, global_batch_size=config.batch_size,
+      split.source, split.transform, seed=seed, global_batch_size=batch_size,
       process_index=jax.process_index(), process_count=jax.process_count())
-  return device.DeviceBatches(dataset[start_step:], mesh, batch_size=config.batch_size,
-                              num_workers=config.data.num_workers,
-                              host_prefetch=config.data.prefetch_batches,
-                              device_prefetch=config.data.device_prefetch)
+  return device.DeviceBatches(dataset[start_step:], mesh, batch_size=batch_size,
+                              num_workers=loading.num_workers,
+                              host_prefetch=loading.prefetch_batches,
+                              device_prefetch=loading.device_prefetch)
 
 
-def eval_batches(config: Any, mesh, *, split: Split | None = None, batch_size: int | None = None):
-  """One pass over the eval split as a `device.DeviceBatches` iterator (padded, masked)."""
+def eval_batches(split: Split, mesh, *, batch_size: int, loading: Loading):
+  """One pass over `split` in global batches of `batch_size` (the last one padded and masked)
+  as a `device.DeviceBatches` iterator."""
   import jax
 
   from alexnet_jax.data import device
-  split = split or open_split(config, "eval")
-  batch_size = batch_size or effective_eval_batch_size(
-      config.eval_batch_size, split.num_examples, mesh.devices.size)
   dataset = pipeline.eval_dataset(
       split.source, split.transform, global_batch_size=batch_size,
       process_index=jax.process_index(), process_count=jax.process_count())
-  return device.DeviceBatches(dataset, mesh, batch_size=batch_size, num_workers=config.data.num_workers,
-                              host_prefetch=config.data.prefetch_batches,
-                              device_prefetch=config.data.device_prefetch)
+  return device.DeviceBatches(dataset, mesh, batch_size=batch_size,
+                              num_workers=loading.num_workers,
+                              host_prefetch=loading.prefetch_batches,
+                              device_prefetch=loading.device_prefetch)

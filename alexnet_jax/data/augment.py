@@ -5,9 +5,8 @@ and its RGB pixels get the colour noise sum_i alpha_i lambda_i p_i, alpha_i ~ N(
 drawn once per image ("each time an image is used for training"), where (p_i, lambda_i) are
 the eigenvectors and eigenvalues of the 3x3 covariance of ImageNet's training pixels.
 
-Done on the device instead of in the loader processes: on the host they cost ~190 us of a
-~500 us raw example (2-core Intel machine, 2026-11-30, docs/data.md), on the device a
-negligible part of the step. The noise is a function of (the train rng, the step, the row's
+Done on the device instead of in the loader processes: on the host they cost over a third of
+a raw example (docs/data.md), on the device a negligible part of the step. The noise is a function of (the train rng, the step, the row's
 position in the global batch) alone, so any number of devices or processes, and a resumed run,
 see the same mirrors and colour shifts.
 

@@ -2,9 +2,8 @@
 trainer, handed back.
 
 Grain sends a worker's arrays to the trainer in a fresh shared-memory segment per batch, so
-every 4 KiB page the worker writes is a page fault and a newly zeroed page: ~110-130 us per
-224x224x3 image on the project's 2-core Intel machine (2026-11-30, docs/data.md), about as
-much as loading a raw example, and it halved a worker's images per core. Here a worker keeps
+every 4 KiB page the worker writes is a page fault and a newly zeroed page: about as much as
+loading a raw example, which halved a worker's images per core (docs/data.md). Here a worker keeps
 its segments ("slots"): it writes a batch into a free slot, sends a `SlotArray` handle (a
 name, not an ndarray, so Grain passes it on as is), and the trainer marks the slot free as
 soon as the batch is on the devices (`TrainerSlots.used`); the next batch

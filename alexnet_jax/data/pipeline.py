@@ -36,7 +36,6 @@ import grain
 import numpy as np
 
 from alexnet_jax.data import batch_slots
-from alexnet_jax.errors import UserError
 from alexnet_jax.runtime import host_memory
 
 Example = dict[str, np.ndarray]
@@ -67,10 +66,7 @@ class SkippableRecordError(ValueError):
 
 
 def _rows_of_process(global_batch_size: int, process_index: int, process_count: int) -> slice:
-  if global_batch_size % process_count:
-    raise UserError(
-        f"batch size {global_batch_size} is not divisible by the number of processes "
-        f"({process_count}); choose a multiple.")
+  # The batch divides over the processes: plan.make_plan checked it.
   per_process = global_batch_size // process_count
   return slice(process_index * per_process, (process_index + 1) * per_process)
 
@@ -362,11 +358,8 @@ def train_dataset(source: RandomAccessSource, transform: Transform, *, seed: int
                   global_batch_size: int, process_index: int = 0,
                   process_count: int = 1) -> grain.MapDataset:
   """Endless dataset of this process's share of each global training batch; element k is the
-  batch of step k (slice it, `dataset[step:]`, to resume: no iterator state is needed)."""
-  if len(source) < global_batch_size:
-    raise UserError(
-        f"the training split has {len(source)} examples, fewer than one batch "
-        f"(batch_size={global_batch_size}).")
+  batch of step k (slice it, `dataset[step:]`, to resume: no iterator state is needed).
+  The split holds at least one batch (plan.make_plan checked it)."""
   rows = _rows_of_process(global_batch_size, process_index, process_count)
   endless = grain.MapDataset.range(sys.maxsize // global_batch_size)
   return endless.map(_LoadTrainRows(source, transform, seed, global_batch_size, rows))
@@ -428,8 +421,7 @@ def freeze_gc() -> None:
 
   Call it in a process that loads batches, after its imports. Loading allocates many
   short-lived objects, and each full collection walked the hundreds of thousands of long-lived
-  ones as well: ~25% of a JPEG example's time and ~10% of a raw one's (2-core Intel machine,
-  2026-11-30; docs/data.md). What is frozen is never freed, hence once, right after start-up.
+  ones as well, a quarter of a JPEG example's time (docs/data.md). What is frozen is never freed, hence once, right after start-up.
   """
   global _gc_frozen
   if not _gc_frozen:

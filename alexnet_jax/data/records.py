@@ -6,9 +6,8 @@ bytes: an encoded JPEG, or 196,608 raw pixels), `label` (int64) and `file_name` 
 `ExampleRecords` reads them with array_record's readers (as its `ArrayRecordDataSource` does)
 and parses them with
 the `tf.train.Example` proto that tensorflow-datasets ships (protobuf's upb parser): the
-tfds data source does the same plus a generic per-feature conversion that cost ~30 us per
-JPEG record and ~60-90 us per raw record on the project's 2-core Intel machine
-(2026-11-30; docs/data.md), a third of the whole budget of a raw example.
+tfds data source does the same plus a generic per-feature conversion that cost a third of a
+raw example's budget (docs/data.md).
 
 Open files: each process keeps at most `shard_capacity()` shard readers open (one file
 descriptor each), closing the least recently used one to open another, so any number of
@@ -32,7 +31,7 @@ from absl import logging
 
 # Imported here, not on first use: these imports run in the worker's main thread when it
 # unpickles the dataset. Imported lazily from Grain's loader threads, two threads importing
-# tensorflow_datasets at once deadlocked a worker (etils' lazy modules; seen 2026-11-30).
+# tensorflow_datasets at once deadlocked a worker (etils' lazy modules).
 from array_record.python import array_record_module
 from tensorflow_datasets.proto import tf_example_pb2
 
@@ -40,10 +39,9 @@ from alexnet_jax.errors import UserError
 
 FEATURES = ("image", "label", "file_name")
 
-# Shard readers one process keeps open at most. Reopening a closed shard costs 140-200 us a read,
-# an open one 20-110 us (22 KB and 196 KB records; 2-core VM, 2026-12-06,
-# benchmarks/open_shards.py), so every shard stays open when the limit on open files allows:
-# 2,048 covers tfds's 1,024 + 64 ImageNet shards with room to spare.
+# Shard readers one process keeps open at most. A read from a closed shard (reopened) costs
+# several times one from an open one (docs/data.md, "Open files"; benchmarks/open_shards.py),
+# so every shard stays open when the limit on open files allows: 2,048 covers tfds's 1,024 + 64 ImageNet shards with room to spare.
 MAX_OPEN_SHARDS = 2048
 MIN_OPEN_SHARDS = 4
 # array_record_data_source's reader settings: no read-ahead (records are read at random).

@@ -18,29 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-# The package itself, for validate_model_config and resolve_kernels at call time (the
-# package imports this module first; by the time a model runs, both are complete).
 from alexnet_jax.errors import UserError
-from alexnet_jax import config_base, models
 from alexnet_jax.models import cpu_kernels, gpu_kernels, layers
+from alexnet_jax.models.presets import (BATCH_NORM_VARIANTS, CONFIG_FIELDS, FSDP_LAYERS,
+                                        TWO_TOWER_VARIANTS)
 from alexnet_jax.models.initializers import layer_initializers
 from alexnet_jax.models.towers import (PAPER_TOWERS, _batch_axes, _context_mesh,
                                        sharded_dense, tower_conv, tower_local, tower_mesh)
 
-VARIANTS = config_base.MODEL_VARIANTS  # ("paper", "torchvision", "d2l", "alexnet_bn")
-# Variants built of the paper's two towers (grouped conv2/4/5): the ones model parallelism
-# over a two-device 'model' axis can split the way the paper split them over two GPUs.
-TWO_TOWER_VARIANTS = ("paper", "alexnet_bn")
-# Variants with batch normalization, hence a 'batch_stats' collection.
-BATCH_NORM_VARIANTS = ("alexnet_bn",)
 # BatchNorm constants of alexnet_bn (running average = 0.9 * old + 0.1 * batch).
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
-# Dense layers whose kernels sharding.fsdp shards over the data axis (90% of the parameters).
-FSDP_LAYERS = ("fc6", "fc7")
-DTYPES = ("float32", "bfloat16")
-# What model.dtype takes: a dtype, or "auto" (models.resolve_dtype picks one per backend).
-DTYPE_CHOICES = ("auto",) + DTYPES
-PAPER_IMAGE_SIZES = (224, 227)
 
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
@@ -78,11 +65,6 @@ TORCHVISION_POOL_OUTPUT = 6  # AdaptiveAvgPool2d((6, 6))
 STAGE_SUFFIX = "_output"
 STAGES = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5",
           "avgpool", "flatten", "fc6", "fc7", "fc8")
-
-# Config field names as they appear under config.model.* (config_base.model_preset is their
-# one home). The module field for `init` is called `init_scheme`, because a field named
-# `init` would shadow `nn.Module.init`.
-CONFIG_FIELDS = tuple(config_base.model_preset("paper"))
 
 # Layer forms by name (model.kernels, docs/model.md "Kernel forms per backend"): per layer,
 # the functions with the same signature and (to float rounding) the same values.
@@ -296,8 +278,9 @@ class Dense(nn.Module):
 class AlexNet(nn.Module):
   """AlexNet; fields are the ``config.model.*`` fields (``init`` -> ``init_scheme``).
 
-  Build it with ``models.create_model(**config.model)``, which validates the fields and fills
-  missing ones from ``config_base.model_preset(variant)``; the fields have no defaults here.
+  Build it with ``models.create_model(**config.model)``, which validates the fields, fills
+  missing ones from ``presets.model_preset(variant)`` and resolves ``kernels``,
+  ``group_impl`` and ``dtype`` for the backend; the fields have no defaults here.
 
   Call with NHWC float images (N, image_size, image_size, in_channels), already normalized,
   and ``train``; dropout draws from the 'dropout' rng collection. Returns float32 logits
@@ -306,9 +289,8 @@ class AlexNet(nn.Module):
   ``train``). Raises ValueError for a bad field (naming ``model.<field>``) or images of
   another shape.
 
-  ``kernels`` and ``group_impl`` pick the forms that run (``models.resolve_kernels``, the one
-  place that looks at the backend when either is 'auto'); parameters and values (to float
-  rounding) are the same for every choice.
+  ``kernels`` and ``group_impl`` (resolved: never 'auto') pick the forms that run;
+  parameters and values (to float rounding) are the same for every choice.
 
   Two fields are not ``config.model`` fields but mesh axis names from ``config.parallel``
   (docs/parallel.md); they move computation, never change values or parameters:
@@ -370,11 +352,9 @@ class AlexNet(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train: bool):
-    models.validate_model_config(self.config())
     self._check_images(images)
-    choice = models.resolve_kernels(self.kernels, self.group_impl)
-    forms = kernel_forms(choice.kernels)
-    group_impl = choice.group_impl
+    forms = kernel_forms(self.kernels)
+    group_impl = self.group_impl
     if group_impl == "tower_arrays" and self.variant != "paper":
       group_impl = "towers"  # BN (alexnet_bn) normalizes whole maps; one-tower variants
     dtype = jnp.dtype(self.dtype)
@@ -388,7 +368,7 @@ class AlexNet(nn.Module):
     for name, (features, kernel, stride, padding, groups) in conv_specs(
         self.variant, self.image_size).items():
       # With BN after it a conv's bias is redundant (BN subtracts the mean): none.
-      x = Conv(features, kernel, stride, padding, groups, group_impl, choice.kernels,
+      x = Conv(features, kernel, stride, padding, groups, group_impl, self.kernels,
                self.init_scheme, dtype, use_bias=not batch_norm,
                tower_axis=self.tower_axis, input_split=name != "conv1", name=name)(x)
       if batch_norm:  # before the ReLU, as Ioffe & Szegedy place it
@@ -435,12 +415,3 @@ class AlexNet(nn.Module):
     x = dense(self.num_classes, name="fc8")(x)
     self._record("fc8", x)
     return x
-
-
-__all__ = [
-    "AlexNet", "BATCH_NORM_VARIANTS", "BN_EPSILON", "BN_MOMENTUM", "CONFIG_FIELDS", "Conv",
-    "DTYPES", "DTYPE_CHOICES", "Dense", "FC_HIDDEN", "FSDP_LAYERS", "KERNELS", "KERNEL_PRESETS", "LAYER_FORMS",
-    "LAYER_NAMES", "LayerForms", "PAPER_IMAGE_SIZES", "POOLED_AFTER", "STAGES", "STAGE_SUFFIX",
-    "TORCHVISION_POOL_OUTPUT", "TWO_TOWER_VARIANTS", "VARIANTS", "conv_out", "conv_specs",
-    "kernel_forms", "layer_form_names", "parse_kernels",
-]

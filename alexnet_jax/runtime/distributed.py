@@ -16,7 +16,7 @@ starts JAX's preemption service, whose C++ handler replaced ours for SIGTERM: un
 trainer then never saw the signal (no "Received SIGTERM" line, no 143: a preempted job
 exited 0 as if finished, so it was not requeued), and processes that had been signalled hung
 at exit in the service's shutdown. Our handler is put back right after joining; the processes
-still agree on the stop step (hooks.StopRequest), and Orbax's preemption check stays False.
+still agree on the stop step (periodic.StopRequest), and Orbax's preemption check stays False.
 
 A process that ends before the others (SIGKILL, the OOM killer, a crash) left them waiting
 in their next collective or barrier until the scheduler's SIGKILL (Slurm's KillWait, 30 s

@@ -3,9 +3,8 @@ big buffers that are freed and allocated again and again).
 
 Used by the XLA:CPU process settings (runtime/cpu_runtime.py: the step's scratch buffer) and
 by every Grain loader process (data/device.py: each batch's arrays, each decoded image and
-record); a loader runs no XLA, so it applies there on any backend. Measured on the 2-core
-Intel machine (2026-11-30, docs/data.md): a raw example 167 -> 137 us in a loader process.
-The cost: the process keeps its peak host memory instead of returning it to the system.
+record); a loader runs no XLA, so it applies there on any backend (its gain per example:
+docs/data.md, "Input pipeline speed"). The cost: the process keeps its peak host memory instead of returning it to the system.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
   thread waits inside XLA (a compile, a step, an evaluation batch). Before the training loop
   it stops start-up (`StoppedEarly` is raised in the main thread); in the loop the step in
   flight finishes, an evaluation is abandoned, a checkpoint is written and the exit status is
-  128 + the signal (hooks.StopRequest reads `signum`).
+  128 + the signal (periodic.StopRequest reads `signum`).
 - A second Ctrl-C at any moment prints one line and exits 130 at once, without unwinding:
   raising KeyboardInterrupt and unwinding Python while XLA's threads were busy crashed the
   process (SIGSEGV, 5 of 5 trials on the paper net). Checkpoints Orbax has committed are
@@ -42,8 +42,10 @@ def stopped_early_message(signum: int) -> str:
           "starting, evaluating or closing); checkpoints written so far are kept.")
 
 
-class StoppedEarly(Exception):
-  """A SIGTERM/SIGINT before the training loop took over (while starting up or evaluating)."""
+class StoppedEarly(BaseException):
+  """A SIGTERM/SIGINT before the training loop took over (while starting up or evaluating).
+  A BaseException, as KeyboardInterrupt is: code that handles errors (a library loading the
+  config file, a restore that sets damaged checkpoints aside) must not take it for one."""
 
   def __init__(self, signum: int):
     super().__init__(signum)

@@ -147,7 +147,7 @@ def load_model_from_torchvision(path: str | os.PathLike,
   from alexnet_jax.data import inference
   from alexnet_jax.transfer import convert
   image_size = image_size or inference.TORCHVISION_CROP
-  model_config = models.default_model_config("torchvision")
+  model_config = models.model_preset("torchvision")
   model_config["image_size"] = image_size
   params, model_config = convert.params_from_file(path, model_config)
   names = _imagenet_names() if model_config["num_classes"] == 1000 else ()

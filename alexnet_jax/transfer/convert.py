@@ -106,7 +106,7 @@ def to_torch_layout(params, variant: str) -> dict[str, np.ndarray]:
 
   fc6.weight's inputs follow PyTorch's NCHW flatten of the (C, H, W) feature map.
   """
-  models._check_choice("variant", variant, models.VARIANTS)
+  models.model_preset(variant)  # UserError naming model.variant for an unknown one
   _check_no_batch_norm(variant)
   arrays = {}
   for layer in CONV_LAYERS:

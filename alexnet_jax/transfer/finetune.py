@@ -159,9 +159,8 @@ def check_config(config: Any) -> None:
   resumed run or --mode=eval does not need the file.
   """
   for field in ("reinit", "freeze"):
-    if config.get(field, ""):
+    if config[field]:
       optim.compile_pattern(field, config[field])
-  init_from = config.get("init_from", "")
-  if config.get("reinit", "") and not init_from:
+  if config.reinit and not config.init_from:
     raise UserError(f"reinit={config.reinit!r} is set but init_from is empty; reinit names "
                     "the layers NOT loaded from --config.init_from.")

@@ -54,7 +54,7 @@ def case_config(name: str) -> dict:
     """Full config.model dict of a case; float32, as the golden arrays were computed (the
     default dtype 'auto' is float32 on the CPU too, but says nothing of how they were made)."""
     variant, overrides, _ = CASES[name]
-    return {**models.default_model_config(variant), "dtype": "float32", **overrides}
+    return {**models.model_preset(variant), "dtype": "float32", **overrides}
 
 
 def case_images(name: str) -> np.ndarray:

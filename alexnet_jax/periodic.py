@@ -1,13 +1,20 @@
-"""What the training loop does besides stepping: stop requests, the metric meter, the checks
-that read the metrics (divergence, stall, unreadable records), and the periodic actions.
+"""The periodic actions of the training loop, and what they share.
 
-Each periodic action is a small function of (step, state) called by train.py at its cadence;
-they share no state except through the arguments.
+The loop (train.py) runs one step, then each action in turn; every action is a callable
+(step, state) -> state that decides itself, from the run's plan, whether `step` is its turn:
+- `LogStep`: at log_every, the first and the last step: the divergence check, the averaged
+  metrics to metrics.jsonl/TensorBoard and one console line with an ETA, the stall warning,
+  the unreadable-records check;
+- `Evaluate`: at the plan's evaluation steps: one exact pass over the eval split (its input
+  started ahead by `EvalPrestart`), the plateau rule, the conv1 filters picture;
+- `Save`: at checkpoint_every, the last step, and when a stop was requested (a signal, or the
+  scheduler's preemption notice): the divergence check, then an asynchronous checkpoint.
 """
 
 from __future__ import annotations
 
 import collections
+import datetime
 import math
 import signal
 import statistics
@@ -91,7 +98,7 @@ class StopRequest:
     self._previous = {}
 
 
-class TrainMeter:
+class Meter:
   """Step metrics kept on the device until the loop reads them (at a log line or before a
   save), then averaged; `images_per_sec` leaves out the first (compiling) step."""
 
@@ -186,53 +193,20 @@ def check_skips(max_skip_fraction: float, skipped: int, records: int) -> None:
         "Checkpoints and metrics written so far are kept.")
 
 
-def global_sum(value: int) -> int:
-  """Sum of a host integer over all processes (every process must call it)."""
-  if jax.process_count() == 1:
-    return int(value)
-  return int(multihost_utils.process_allgather(np.int64(value)).sum())
-
-
-def update_plateau(config: Any, mesh, state: Any, top1: float, log) -> Any:
-  """The paper's rule after an evaluation: the state with its schedule scale updated
-  (schedule.name='plateau'; otherwise unchanged)."""
-  sched = config.schedule
-  if sched.name != "plateau":
-    return state
-  rule = optim.Plateau(sched.factor, sched.patience, sched.max_reductions, sched.min_delta)
-  current = {k: float(v) for k, v in jax.device_get(state["schedule"]).items()}
-  updated, reduced = rule.update(current, top1)
-  if reduced:
-    log(f"eval/top1 has not improved for {sched.patience} evaluations: learning rate "
-        f"scaled by {sched.factor} (reduction {int(updated['reductions'])} of "
-        f"{sched.max_reductions}).")
-  new_schedule = {k: np.float32(v) for k, v in updated.items()}
-  return dict(state, schedule=sharding.replicate(new_schedule, mesh))
-
-
-def filters_image(variant: str, conv1_kernel: Any):
-  """conv1's filters as one (H, W, C) picture in [0, 1], the two towers side by side; every
-  process must call it (the kernel may be split over processes)."""
-  from alexnet_jax.tools import interpret
-  kernel = sharding.to_host(conv1_kernel)
-  return interpret.conv1_filter_grid(kernel, interpret.towers_of(variant))
-
-
 class EvalPrestart:
   """Starts the next evaluation's input pipeline (its Grain workers, its first batch) shortly
   before the evaluation's step, so the evaluation does not wait for the workers to start:
   with 2 workers on the 2-core machine an evaluation of 16 images in one batch took 4.1-4.3 s,
-  now 0.1-0.3 s (2026-11-30; docs/data.md); on an H200 start-up would be several % of an
-  epoch.
+  now 0.1-0.3 s (docs/data.md).
 
   The lead is 1.5x the start-up the previous pre-started pipeline took (FIRST_LEAD_S before
-  any), converted into steps with the median of the last steps' wall times. `exp` needs
-  `eval_batches()` returning a `data.device.DeviceBatches`.
+  any), converted into steps with the median of the last steps' wall times. `start_batches`
+  gives a fresh, unstarted `data.device.DeviceBatches` of the eval split.
   """
   FIRST_LEAD_S = 10.0
 
-  def __init__(self, exp: Any, clock: Callable[[], float] = time.time):
-    self._exp = exp
+  def __init__(self, start_batches: Callable[[], Any], clock: Callable[[], float] = time.time):
+    self._start_batches = start_batches
     self._clock = clock
     self._lead_s = self.FIRST_LEAD_S
     self._intervals: collections.deque[float] = collections.deque(maxlen=20)
@@ -253,7 +227,7 @@ class EvalPrestart:
     if self._pending is not None or next_eval_step is None or not self._intervals:
       return
     if (next_eval_step - step) * statistics.median(self._intervals) <= self._lead_s:
-      self._pending = self._exp.eval_batches()
+      self._pending = self._start_batches()
       self._pending.start()
 
   def take(self):
@@ -271,16 +245,138 @@ class EvalPrestart:
       self._pending = None
 
 
-def next_eval_step(step: int, every: int, total: int, at_end: bool) -> int | None:
-  """The first step after `step` that evaluates (a multiple of `every`, or `total` when
-  `at_end`), or None."""
-  candidates = [((step // every) + 1) * every]
-  if at_end:
-    candidates.append(total)
-  following = [s for s in candidates if step < s <= total]
-  return min(following) if following else None
+class LogStep:
+  """The log line of the step: at every `plan.log_every`-th step, the first and the last."""
+
+  def __init__(self, plan, meter: Meter, writer, batches, stall: StallWatch,
+               max_skip_fraction: float, first_step: int, log: Callable[[str], None]):
+    self._plan, self._meter, self._writer, self._batches = plan, meter, writer, batches
+    self._stall, self._max_skip_fraction, self._log = stall, max_skip_fraction, log
+    self._first = first_step
+    self._timed_from: tuple[float, int] | None = None  # for the ETA: after the first step
+
+  def __call__(self, step: int, state: Any) -> Any:
+    plan = self._plan
+    if self._timed_from is None:
+      self._timed_from = (time.time(), step)
+    if step % plan.log_every and step not in (self._first, plan.total_steps):
+      return state
+    self._meter.check_finite()
+    summary = self._meter.summary(plan.global_batch)
+    summary["train/epoch"] = plan.epoch_of(step)
+    summary["data/skipped"] = sharding.global_sum(self._batches.skipped)
+    self._writer.write(step, summary)
+    self._log(self._line(step, summary))
+    warning = self._stall.update(step, summary["train/loss"])
+    if warning and self._writer.enabled:
+      logging.warning(warning)
+    # Every process has taken as many batches: records read = batches x the global batch.
+    check_skips(self._max_skip_fraction, summary["data/skipped"],
+                self._batches.batches * plan.global_batch)
+    return state
+
+  def _line(self, step: int, metrics: dict[str, float]) -> str:
+    plan = self._plan
+    line = (f"step {step}/{plan.total_steps} epoch {plan.epoch_of(step):.2f} | "
+            f"loss {metrics['train/loss']:.4f} top1 {metrics['train/top1']:.4f} "
+            f"lr {metrics['train/lr']:.3g}")
+    if "train/images_per_sec" in metrics:
+      line += f" | {metrics['train/images_per_sec']:.1f} img/s"
+    started, from_step = self._timed_from
+    if step > from_step:
+      eta = (plan.total_steps - step) * (time.time() - started) / (step - from_step)
+      line += f" | ETA {datetime.timedelta(seconds=int(eta))}"
+    if metrics["data/skipped"]:  # unreadable training files so far, each named in the log
+      line += f" | {metrics['data/skipped']} files skipped"
+    return line
 
 
-def evaluates_at(step: int, every: int, total: int, at_end: bool) -> bool:
-  """Whether step `step` evaluates (the steps `next_eval_step` names)."""
-  return next_eval_step(step - 1, every, total, at_end) == step
+class Evaluate:
+  """The evaluation of the step, at the plan's evaluation steps: `evaluate(params,
+  batch_stats, batches, stop)` gives the eval/* metrics, or None when a stop abandoned it.
+  Then the plateau rule (`plateau`: an optim.Plateau, None for other schedules) and the conv1
+  filters picture (`filters_picture(params)`: an (H, W, C) image). `precompile()` starts the
+  eval step's compile after the first step, while training goes on."""
+
+  def __init__(self, plan, evaluate: Callable, prestart: EvalPrestart, meter: Meter, writer,
+               stop: StopRequest, plateau: optim.Plateau | None, mesh,
+               filters_picture: Callable[[Any], Any], precompile: Callable[[], Any],
+               log: Callable[[str], None]):
+    self._plan, self._evaluate, self._prestart, self._meter = plan, evaluate, prestart, meter
+    self._writer, self._stop, self._plateau, self._mesh = writer, stop, plateau, mesh
+    self._filters_picture, self._precompile, self._log = filters_picture, precompile, log
+    self.metrics: dict[str, float] | None = None  # the last evaluation's
+
+  def __call__(self, step: int, state: Any) -> Any:
+    if self._precompile is not None:
+      if self._plan.next_eval_step(step - 1) is not None:
+        self._precompile()
+      self._precompile = None
+    if self._plan.evaluates_at(step):
+      metrics = self._evaluate(state["params"], state["batch_stats"], self._prestart.take(),
+                               self._stop.requested)
+      if metrics is not None:  # None: abandoned for a stop request
+        state = self._record(step, state, metrics)
+    self._prestart.after_step(step, self._plan.next_eval_step(step))
+    return state
+
+  def _record(self, step: int, state: Any, metrics: dict[str, float]) -> Any:
+    self.metrics = metrics
+    self._meter.exclude(metrics["eval/seconds"])  # images/s is the training rate
+    metrics["train/epoch"] = self._plan.epoch_of(step)
+    self._writer.write(step, metrics)
+    self._log(f"eval at step {step}: loss {metrics['eval/loss']:.4f} top1 "
+              f"{metrics['eval/top1']:.4f} top5 {metrics['eval/top5']:.4f} "
+              f"({metrics['eval/num_examples']} examples, {metrics['eval/seconds']:.1f} s)")
+    if self._plateau is not None:
+      state = update_plateau(self._plateau, self._mesh, state, metrics["eval/top1"], self._log)
+    self._writer.image(step, "filters/conv1", self._filters_picture(state["params"]))
+    return state
+
+
+class Save:
+  """The checkpoint of the step: at every `plan.checkpoint_every`-th step, the last one, and
+  when a stop is requested (then `stopped` is True and the loop ends). Never saves a diverged
+  state (the meter's check runs first)."""
+
+  def __init__(self, plan, checkpointer, meta: dict[str, Any], meter: Meter,
+               stop: StopRequest, log: Callable[[str], None], saved_step: int | None):
+    self._plan, self._checkpointer, self._meta, self._meter = plan, checkpointer, meta, meter
+    self._stop, self._log = stop, log
+    self.saved_step = saved_step  # the newest step saved (or restored from)
+    self.stopped = False
+
+  def __call__(self, step: int, state: Any) -> Any:
+    self.stopped = (self._stop.requested(step, self._plan.log_every)
+                    or self._checkpointer.reached_preemption(step))
+    if (step % self._plan.checkpoint_every == 0 or step == self._plan.total_steps
+        or self.stopped):
+      self.save(step, state)
+    return state
+
+  def save(self, step: int, state: Any) -> None:
+    """Checks the pending metrics, then starts the save of `step` (asynchronous)."""
+    self._meter.check_finite()
+    self._checkpointer.save(step, state, self._meta)
+    self.saved_step = step
+    self._log(f"Saving checkpoint step {step} to {self._checkpointer.directory}.")
+
+  def save_before_failure(self, step: int, state: Any) -> None:
+    """The input pipeline broke after `step`: keep the steps trained since the last save."""
+    if step > 0 and step != self.saved_step:
+      self.save(step, state)
+      self._checkpointer.wait()
+      logging.warning("The input pipeline failed after step %d; saved a checkpoint of that "
+                      "step first.", step)
+
+
+def update_plateau(rule: optim.Plateau, mesh, state: Any, top1: float,
+                   log: Callable[[str], None]) -> Any:
+  """The paper's rule after an evaluation: `state` with its schedule scale updated."""
+  current = {k: float(v) for k, v in jax.device_get(state["schedule"]).items()}
+  updated, reduced = rule.update(current, top1)
+  if reduced:
+    log(f"eval/top1 has not improved for {rule.patience} evaluations: learning rate scaled by "
+        f"{rule.factor} (reduction {int(updated['reductions'])} of {rule.max_reductions}).")
+  new_schedule = {k: np.float32(v) for k, v in updated.items()}
+  return dict(state, schedule=sharding.replicate(new_schedule, mesh))

@@ -1,4 +1,5 @@
-"""The loop's checks: the stall warning, the divergence check, the stop request."""
+"""The loop's periodic actions and checks: the stall warning, the divergence check, the
+evaluation cadence and its pipeline's pre-start, the checkpoint line."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import math
 import jax.numpy as jnp
 import pytest
 
-from alexnet_jax import hooks
+from alexnet_jax import periodic
+from alexnet_jax.config_base import base_config
+from alexnet_jax.plan import make_plan
 from tests.helpers import SMALL, run_main
 
 
 def test_stall_watch_warns_once_after_the_configured_steps_at_chance():
-  watch = hooks.StallWatch(num_classes=10, steps=100, warmup_steps=20)
+  watch = periodic.StallWatch(num_classes=10, steps=100, warmup_steps=20)
   chance = math.log(10)
   assert watch.update(10, chance) is None  # during warm-up: not counted
   assert watch.update(50, chance * 1.005) is None  # the stall starts here
@@ -23,21 +26,21 @@ def test_stall_watch_warns_once_after_the_configured_steps_at_chance():
 
 
 def test_stall_watch_resets_when_the_loss_moves():
-  watch = hooks.StallWatch(num_classes=10, steps=100, warmup_steps=0)
+  watch = periodic.StallWatch(num_classes=10, steps=100, warmup_steps=0)
   chance = math.log(10)
   watch.update(10, chance)
   watch.update(60, 0.9 * chance)  # learning: the count starts again
   assert watch.update(150, chance) is None
   assert watch.update(250, chance) is not None
-  assert hooks.StallWatch(num_classes=10, steps=0, warmup_steps=0).update(500, chance) is None
+  assert periodic.StallWatch(num_classes=10, steps=0, warmup_steps=0).update(500, chance) is None
 
 
 def test_check_finite_names_the_first_bad_step():
-  meter = hooks.TrainMeter()
+  meter = periodic.Meter()
   for step, loss in ((1, 2.0), (2, float("nan")), (3, float("inf"))):
     meter.add(step, {"loss": jnp.float32(loss), "grad_norm": jnp.float32(1.0),
                      "top1": jnp.float32(0), "top5": jnp.float32(0), "lr": jnp.float32(0.1)})
-  with pytest.raises(hooks.TrainingDiverged, match="became nan at step 2"):
+  with pytest.raises(periodic.TrainingDiverged, match="became nan at step 2"):
     meter.check_finite()
 
 
@@ -48,22 +51,33 @@ def test_a_run_that_sits_at_chance_is_warned_about(tmp_path):
                     "--config.stall_warning_steps=4", "--config.eval_at_end=false")
   assert "the net is not learning" in result.stderr
   assert result.stderr.count("the net is not learning") == 1
+  # The last step's checkpoint is announced with its place.
+  assert f"Saving checkpoint step 8 to {tmp_path / 'checkpoints'}." in result.stderr
 
 
 # --------------------------------------------------------------------------------------------
 # The evaluation's pipeline starts before its step
 
 
+def _plan(every: int, total: int, at_end: bool):
+  config = base_config()
+  config.eval_every_steps, config.num_train_steps, config.eval_at_end = every, total, at_end
+  config.batch_size = 16
+  return make_plan(config, num_devices=1, num_processes=1, train_examples=160,
+                   eval_examples=100)
+
+
 def test_next_eval_step():
-  assert hooks.next_eval_step(0, 10, 35, at_end=True) == 10
-  assert hooks.next_eval_step(10, 10, 35, at_end=True) == 20
-  assert hooks.next_eval_step(30, 10, 35, at_end=True) == 35
-  assert hooks.next_eval_step(30, 10, 35, at_end=False) is None
-  assert hooks.next_eval_step(35, 10, 35, at_end=True) is None
+  assert _plan(10, 35, True).next_eval_step(0) == 10
+  assert _plan(10, 35, True).next_eval_step(10) == 20
+  assert _plan(10, 35, True).next_eval_step(30) == 35
+  assert _plan(10, 35, False).next_eval_step(30) is None
+  assert _plan(10, 35, True).next_eval_step(35) is None
   for at_end in (True, False):  # the loop's test: a multiple of `every`, or the last step
+    plan = _plan(10, 35, at_end)
     for step in range(1, 36):
-      assert hooks.evaluates_at(step, 10, 35, at_end) == (step % 10 == 0 or (
-          step == 35 and at_end)), (step, at_end)
+      assert plan.evaluates_at(step) == (step % 10 == 0 or (step == 35 and at_end)), (
+          step, at_end)
 
 
 class FakeBatches:
@@ -90,7 +104,7 @@ class FakeExperiment:
 def test_eval_pipeline_starts_one_lead_before_the_evaluation():
   now = [0.0]
   exp = FakeExperiment()
-  prestart = hooks.EvalPrestart(exp, clock=lambda: now[0])
+  prestart = periodic.EvalPrestart(exp.eval_batches, clock=lambda: now[0])
   # 1 s steps, first lead 10 s: started when the evaluation at step 30 is 10 steps away.
   for step in range(1, 21):
     now[0] += 1.0
