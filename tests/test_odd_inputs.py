@@ -20,7 +20,8 @@ from PIL import Image, JpegImagePlugin
 import pytest
 import simplejpeg
 
-from alexnet_jax.data import imagenet, inference, pipeline, records, transforms
+from alexnet_jax import inference
+from alexnet_jax.data import imagenet, pipeline, records, transforms
 from alexnet_jax.errors import UserError
 
 try:  # tests/ on sys.path (pytest's default for a folder without __init__.py)

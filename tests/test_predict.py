@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import config_base, experiment, train
-from alexnet_jax.data import fashion_mnist, imagenet, inference, transforms
-from alexnet_jax.tools import predict
+from alexnet_jax import config_base, experiment, inference, train
+from alexnet_jax.data import fashion_mnist, imagenet, transforms
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -131,7 +130,7 @@ def images(tmp_path_factory):
 
 def test_recorded_preprocessing_round_trips(fashion_run):
   workdir, config = fashion_run
-  loaded = predict.load_model_from_workdir(workdir)
+  loaded = inference.load_model_from_workdir(workdir)
   assert loaded.preprocessing == {
       "source": "fashion_mnist", "mean": list(config.data.mean), "std": list(config.data.std),
       "image_size": config.model.image_size, "resize_size": config.data.resize_size}
@@ -142,10 +141,10 @@ def test_recorded_preprocessing_round_trips(fashion_run):
 
 def test_probabilities_are_sorted_and_sum_to_at_most_one(fashion_run, images):
   workdir, _ = fashion_run
-  loaded = predict.load_model_from_workdir(workdir)
-  files = predict.find_images([images])
+  loaded = inference.load_model_from_workdir(workdir)
+  files = inference.find_images([images])
   assert [f.name for f in files] == ["a.jpg", "b.png"]  # recursive, images only
-  records = predict.predict_files(loaded, files, k=5, batch_size=4)
+  records = inference.predict_files(loaded, files, k=5, batch_size=4)
   for record in records:
     probabilities = [entry["probability"] for entry in record["top"]]
     assert len(probabilities) == 5
@@ -155,10 +154,10 @@ def test_probabilities_are_sorted_and_sum_to_at_most_one(fashion_run, images):
 
 
 def test_batches_give_the_same_answers_as_one_by_one(fashion_run, images):
-  loaded = predict.load_model_from_workdir(fashion_run[0])
-  files = predict.find_images([images])
-  together = predict.predict_files(loaded, files, k=3, batch_size=8)
-  alone = [predict.predict_files(loaded, [f], k=3, batch_size=1)[0] for f in files]
+  loaded = inference.load_model_from_workdir(fashion_run[0])
+  files = inference.find_images([images])
+  together = inference.predict_files(loaded, files, k=3, batch_size=8)
+  alone = [inference.predict_files(loaded, [f], k=3, batch_size=1)[0] for f in files]
   for a, b in zip(together, alone):
     assert [e["class"] for e in a["top"]] == [e["class"] for e in b["top"]]
     np.testing.assert_allclose([e["probability"] for e in a["top"]],
@@ -204,17 +203,17 @@ def test_undecodable_file_is_reported_not_fatal(fashion_run, tmp_path):
   bad = tmp_path / "bad.jpg"
   bad.write_bytes(b"not a jpeg")
   good = write_image(tmp_path / "good.png")
-  loaded = predict.load_model_from_workdir(fashion_run[0])
-  bad_record, good_record = predict.predict_files(loaded, [bad, good])
+  loaded = inference.load_model_from_workdir(fashion_run[0])
+  bad_record, good_record = inference.predict_files(loaded, [bad, good])
   assert "bad.jpg" in bad_record["error"] and "top" in good_record
 
 
 def test_torchvision_weights_get_imagenet_names(tmp_path, tmp_path_factory):
   pth = shared_torchvision_pth(tmp_path_factory)
-  loaded = predict.load_model_from_torchvision(pth, image_size=63)
+  loaded = inference.load_model_from_torchvision(pth, image_size=63)
   assert loaded.preprocessing["source"] == "torchvision"
   assert loaded.class_names == imagenet.class_names()
-  record = predict.predict_files(loaded, [write_image(tmp_path / "x.jpg", 80, 70)], k=5)[0]
+  record = inference.predict_files(loaded, [write_image(tmp_path / "x.jpg", 80, 70)], k=5)[0]
   probabilities = [e["probability"] for e in record["top"]]
   assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
   assert record["top"][0]["name"] == imagenet.class_names()[record["top"][0]["class"]]

@@ -17,7 +17,7 @@ pixels), gradcam (Grad-CAM on conv5), curves (loss and top-1 from DIR/metrics.js
 `--out=FILE.png` names the picture; by default it goes to DIR/pictures/ (or the current
 directory with --torchvision) as `<picture>[_<image name>].png`. CLASS is an index or a class
 name ('tabby', 'Sneaker'); without it the model's top class is used. The numbers come from
-interpret.py; this module only draws them.
+alexnet_jax.inference; this module only draws them.
 """
 
 from __future__ import annotations
@@ -134,15 +134,15 @@ def _zero_map_note(ax) -> None:
 def filters_figure(kernel: np.ndarray, variant: str, title: str):
   """conv1's filters, a (kh, kw, channels, count) kernel, each scaled to its own min..max; the
   paper variant's two towers side by side (the paper's figure 3)."""
-  from alexnet_jax.tools import interpret
-  towers = interpret.towers_of(variant)
+  from alexnet_jax import inference
+  towers = inference.towers_of(variant)
   halves = np.split(np.asarray(kernel), towers, axis=-1)
   fig, axes = _figure("filters", towers, right=0.97)  # no colour bar
   width, height = fig.get_size_inches()
   for index, (ax, half) in enumerate(zip(axes, halves)):
     box = ax.get_position()
     # The grid's shape fits the panel (96 d2l filters: 6 rows of 16), so that it fills it.
-    grid = interpret.conv1_filter_grid(half, aspect=box.width * width / (box.height * height))
+    grid = inference.conv1_filter_grid(half, aspect=box.width * width / (box.height * height))
     if grid.shape[-1] == 1:
       ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     else:
@@ -161,7 +161,7 @@ def activations_figure(image: np.ndarray, maps: np.ndarray, layer: str, title: s
                        max_channels: int = 32):
   """The uint8 or float (H, W, C) image (0-255) and the `max_channels` most active channels
   of one (h, w, C) stage output. UserError for a stage without spatial maps (fc layers)."""
-  from alexnet_jax.tools import interpret
+  from alexnet_jax import inference
   maps = np.asarray(maps, np.float32)
   if maps.ndim != 3:
     raise UserError(f"layer={layer!r} has no spatial maps; choose a conv or pool stage.")
@@ -169,9 +169,9 @@ def activations_figure(image: np.ndarray, maps: np.ndarray, layer: str, title: s
   tiles = np.transpose(maps[..., strongest], (2, 0, 1))[..., None]
   high = float(tiles.max()) or 1.0
   columns = int(np.ceil(np.sqrt(len(strongest) * 2)))
-  mosaic = interpret.tile(tiles / high, columns, gap=1)[..., 0]
+  mosaic = inference.tile(tiles / high, columns, gap=1)[..., 0]
   # The 1-pixel separators are 1.0 from _tile; mark them NaN so that they show as blank.
-  separators = interpret.tile(np.zeros_like(tiles), columns, gap=1)[..., 0] == 1.0
+  separators = inference.tile(np.zeros_like(tiles), columns, gap=1)[..., 0] == 1.0
   mosaic = np.where(separators, np.nan, mosaic * high)
   fig, axes = _figure("activations", 2, top=0.86, width_ratios=(1.0, 2.4))
   _show_image(axes[0], image, "input")
@@ -188,7 +188,7 @@ def activations_figure(image: np.ndarray, maps: np.ndarray, layer: str, title: s
 def occlusion_figure(image: np.ndarray, heat: np.ndarray, class_name: str, baseline: float,
                      patch: int, stride: int, title: str):
   """The (H, W, C) image (0-255), and over it `heat`, the (H, W) class probability with the
-  grey `patch`-pixel square covering each pixel (interpret.occlusion_to_pixels)."""
+  grey `patch`-pixel square covering each pixel (inference.occlusion_to_pixels)."""
   fig, axes = _figure("occlusion", 2, top=0.74)
   _show_image(axes[0], image, f"input: P({class_name}) = {format_probability(baseline)}")
   _show_image(axes[1], image, f"P({class_name}), square covering each pixel\n"
@@ -217,7 +217,7 @@ def _heat_figure(kind: str, image: np.ndarray, heat: np.ndarray, heading: str, l
 
 
 def saliency_figure(image: np.ndarray, sal: np.ndarray, class_name: str, title: str):
-  """The (H, W, C) image and over it `sal`, (H, W) |d score / d pixel| (interpret.saliency)."""
+  """The (H, W, C) image and over it `sal`, (H, W) |d score / d pixel| (inference.saliency)."""
   return _heat_figure("saliency", image, sal, f"|d score({class_name}) / d pixel|",
                       "|gradient|, max over channels", "hot", title)
 
@@ -309,14 +309,14 @@ def _default_out(args: Request, picture: str) -> pathlib.Path:
 
 
 def _load(args: Request):
-  from alexnet_jax.tools import predict
-  return predict.load_model(args.workdir, args.torchvision, args.step, args.image_size)
+  from alexnet_jax import inference
+  return inference.load_model(args.workdir, args.torchvision, args.step, args.image_size)
 
 
 def _input_image(loaded, path: str) -> np.ndarray:
   """The image as the model sees it, in pixel units at the model's input size."""
-  from alexnet_jax.tools import interpret
-  return interpret.resize_to_model(loaded.load_image(path), loaded.image_size)
+  from alexnet_jax import inference
+  return inference.resize_to_model(loaded.load_image(path), loaded.image_size)
 
 
 def _target(loaded, image: np.ndarray, label: str | None) -> tuple[int, str, float]:
@@ -364,15 +364,15 @@ def make_picture(args: Request) -> pathlib.Path:
     size = loaded.image_size
     patch = args.patch or max(1, round(size / 7))
     stride = args.stride or max(1, patch // 2)
-    from alexnet_jax.tools import interpret
+    from alexnet_jax import inference
     values = loaded.probe.occlusion(image, index, patch=patch, stride=stride, fill=args.fill)
-    heat = interpret.occlusion_to_pixels(values, (size, size), patch=patch, stride=stride)
+    heat = inference.occlusion_to_pixels(values, (size, size), patch=patch, stride=stride)
     return save(occlusion_figure(image, heat, name, probability, patch, stride, title), out)
   if args.picture == "saliency":
     return save(saliency_figure(image, loaded.probe.saliency(image, index), name, title), out)
   if args.picture == "gradcam":
-    from alexnet_jax.tools import interpret
-    cam = interpret.upsample(loaded.probe.grad_cam(image, index), image.shape[:2])
+    from alexnet_jax import inference
+    cam = inference.upsample(loaded.probe.grad_cam(image, index), image.shape[:2])
     return save(gradcam_figure(image, cam, name, title), out)
   raise UsageError(f"unknown picture {args.picture!r}; choose one of {', '.join(PICTURES)}.")
 
