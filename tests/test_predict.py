@@ -220,7 +220,7 @@ def test_torchvision_weights_get_imagenet_names(tmp_path, tmp_path_factory):
 
 
 def _run_cli(*args) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "alexnet_jax.predict", *map(str, args)],
+  return subprocess.run([sys.executable, "-m", "alexnet_jax.tools.predict", *map(str, args)],
                         capture_output=True, text=True, cwd=REPO, timeout=300)
 
 

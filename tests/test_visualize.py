@@ -18,7 +18,7 @@ except ImportError:
 
 
 def visualize_main(args) -> int:
-  """The command line `python -m alexnet_jax.visualize ARGS`, in this process."""
+  """The command line `python -m alexnet_jax.tools.visualize ARGS`, in this process."""
   return cli.call(visualize.define_flags, visualize.main, args)
 
 

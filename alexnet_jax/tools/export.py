@@ -1,6 +1,6 @@
 """Export a checkpoint as a PyTorch state_dict (torchvision keys for the torchvision variant).
 
-  python -m alexnet_jax.finetune --workdir=DIR [--step=N] --export_torchvision=FILE.pth
+  python -m alexnet_jax.tools.export --workdir=DIR [--step=N] --export_torchvision=FILE.pth
 
 The file loads into torchvision.models.alexnet (torchvision variant) or, for the other
 variants, holds the layout keys conv1.weight ... fc8.bias (transfer/convert.py); either way it
@@ -57,7 +57,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
-  """`python -m alexnet_jax.finetune` (or alexnet_jax.tools.export): absl flags, then main."""
+  """`python -m alexnet_jax.tools.export`: absl flags, then main."""
   cli.run(define_flags, main)
 
 

@@ -1,7 +1,7 @@
 """Classify image files with a trained checkpoint or torchvision weights.
 
-  python -m alexnet_jax.predict --workdir=DIR [--step=N] PATH...
-  python -m alexnet_jax.predict --torchvision=alexnet-owt-7be5be79.pth PATH...
+  python -m alexnet_jax.tools.predict --workdir=DIR [--step=N] PATH...
+  python -m alexnet_jax.tools.predict --torchvision=alexnet-owt-7be5be79.pth PATH...
   ... [--top_k=5] [--batch_size=32] [--json]
 
 PATH is a JPEG or PNG file or a directory (searched recursively). Each image is preprocessed
@@ -98,7 +98,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
-  """`python -m alexnet_jax.predict`: absl flags, then main."""
+  """`python -m alexnet_jax.tools.predict`: absl flags, then main."""
   cli.run(define_flags, main)
 
 

@@ -1,12 +1,12 @@
 """Pictures of a trained AlexNet, as PNG files (matplotlib, Agg backend: no display needed).
 
-  python -m alexnet_jax.visualize filters     --workdir=DIR [--step=N]
-  python -m alexnet_jax.visualize activations --workdir=DIR --layer=conv2 IMAGE
-  python -m alexnet_jax.visualize occlusion   --workdir=DIR [--label=CLASS] [--patch=P]
-                                              [--stride=S] IMAGE
-  python -m alexnet_jax.visualize saliency    --workdir=DIR [--label=CLASS] IMAGE
-  python -m alexnet_jax.visualize gradcam     --workdir=DIR [--label=CLASS] IMAGE
-  python -m alexnet_jax.visualize curves      --workdir=DIR
+  python -m alexnet_jax.tools.visualize filters     --workdir=DIR [--step=N]
+  python -m alexnet_jax.tools.visualize activations --workdir=DIR --layer=conv2 IMAGE
+  python -m alexnet_jax.tools.visualize occlusion   --workdir=DIR [--label=CLASS] [--patch=P]
+                                                    [--stride=S] IMAGE
+  python -m alexnet_jax.tools.visualize saliency    --workdir=DIR [--label=CLASS] IMAGE
+  python -m alexnet_jax.tools.visualize gradcam     --workdir=DIR [--label=CLASS] IMAGE
+  python -m alexnet_jax.tools.visualize curves      --workdir=DIR
 
 The first argument is the picture: filters (conv1 filters as a grid, towers side by side),
 activations (activation maps of one layer for an image), occlusion (class probability as a
@@ -422,7 +422,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
-  """`python -m alexnet_jax.visualize`: absl flags, then main."""
+  """`python -m alexnet_jax.tools.visualize`: absl flags, then main."""
   cli.run(define_flags, main)
 
 
