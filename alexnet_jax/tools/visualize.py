@@ -38,7 +38,7 @@ FLAGS = flags.FLAGS
 
 DPI = 100
 # Figure sizes in inches; the PNG is DPI times that in pixels (no tight bounding box, so the
-# size is known in advance).
+# size is known in advance). filters: that width, and at most that height (filters_figure).
 FIGSIZE = {
     "filters": (12.0, 6.0),
     "activations": (14.0, 6.0),
@@ -58,8 +58,8 @@ def _pyplot():
 
 
 def save(fig, path: str | os.PathLike) -> pathlib.Path:
-  """Writes `fig` as a PNG at DPI (size FIGSIZE inches times DPI pixels), creating the folder;
-  closes the figure and returns the path."""
+  """Writes `fig` as a PNG at DPI (its size in inches, FIGSIZE's, times DPI pixels), creating
+  the folder; closes the figure and returns the path."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=DPI)
@@ -78,14 +78,13 @@ def _show_image(ax, image: np.ndarray, title: str = "") -> None:
   ax.axis("off")
 
 
-def _figure(kind: str, columns: int, top: float = 0.78, width_ratios=None,
-            right: float = 0.88):
-  """A row of `columns` axes, with room above them for a suptitle of up to three lines (and,
-  with the default `right`, for a colour bar on the right)."""
+def _figure(kind: str, columns: int, top: float = 0.78, width_ratios=None):
+  """A row of `columns` axes, with room above them for a suptitle of up to three lines and
+  for a colour bar on the right."""
   plt = _pyplot()
   fig, axes = plt.subplots(1, columns, figsize=FIGSIZE[kind], dpi=DPI,
                            width_ratios=width_ratios)
-  fig.subplots_adjust(left=0.03, right=right, bottom=0.05, top=top, wspace=0.25)
+  fig.subplots_adjust(left=0.03, right=0.88, bottom=0.05, top=top, wspace=0.25)
   return fig, np.atleast_1d(axes)
 
 
@@ -133,16 +132,27 @@ def _zero_map_note(ax) -> None:
 
 def filters_figure(kernel: np.ndarray, variant: str, title: str):
   """conv1's filters, a (kh, kw, channels, count) kernel, each scaled to its own min..max; the
-  paper variant's two towers side by side (the paper's figure 3)."""
+  paper variant's two towers side by side (the paper's figure 3).
+
+  FIGSIZE['filters'] wide; as tall as the grid drawn across the full width needs (at most
+  FIGSIZE's height), so that no empty band lies between the title and the grid.
+  """
   from alexnet_jax import inference
   towers = inference.towers_of(variant)
   halves = np.split(np.asarray(kernel), towers, axis=-1)
-  fig, axes = _figure("filters", towers, right=0.97)  # no colour bar
-  width, height = fig.get_size_inches()
-  for index, (ax, half) in enumerate(zip(axes, halves)):
-    box = ax.get_position()
-    # The grid's shape fits the panel (96 d2l filters: 6 rows of 16), so that it fills it.
-    grid = inference.conv1_filter_grid(half, aspect=box.width * width / (box.height * height))
+  width, most_height = FIGSIZE["filters"]
+  # Inches: each tower's panel, and the tallest grid allowed (the box the grid's shape fits:
+  # the panels' height in the earlier fixed layout, so grids keep their shapes).
+  panel = width * (1 - 2 * _FILTERS_SIDE) / (towers + _FILTERS_WSPACE * (towers - 1))
+  box = most_height * _FILTERS_BOX
+  # The grid's shape fits the panel (96 d2l filters: 6 rows of 16), so that it fills it.
+  grids = [inference.conv1_filter_grid(half, aspect=panel / box) for half in halves]
+  grid_height, grid_width = grids[0].shape[:2]
+  drawn = min(box, panel * grid_height / grid_width)  # the grid's height in inches
+  plt = _pyplot()
+  fig = plt.figure(figsize=(width, most_height), dpi=DPI)
+  axes = [fig.add_axes((0, 0, 1, 1)) for _ in halves]
+  for index, (ax, half, grid) in enumerate(zip(axes, halves, grids)):
     if grid.shape[-1] == 1:
       ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     else:
@@ -152,9 +162,38 @@ def filters_figure(kernel: np.ndarray, variant: str, title: str):
     ax.set_title(f"{label}filters {first}-{first + half.shape[-1] - 1}")
     ax.axis("off")
   kh, kw, channels, count = np.shape(kernel)
-  fig.suptitle(f"{title}\nconv1: {count} filters of {kh}x{kw}x{channels}, each scaled to its "
-               "own min..max")
+  suptitle = fig.suptitle(f"{title}\nconv1: {count} filters of {kh}x{kw}x{channels}, each "
+                          "scaled to its own min..max", va="top")
+  # Lay out with room to spare, measure the blank between the titles, take it out.
+  _place_filters(fig, axes, suptitle, panel, drawn, _FILTERS_HEADER)
+  fig.canvas.draw()
+  title_top = max(ax.title.get_window_extent().y1 for ax in axes)
+  blank = (suptitle.get_window_extent().y0 - title_top) / DPI  # inches
+  _place_filters(fig, axes, suptitle, panel, drawn,
+                 _FILTERS_HEADER - max(0.0, blank - _FILTERS_TITLE_GAP))
   return fig
+
+
+# The filters picture's layout, in inches (or fractions of the width: _FILTERS_SIDE, and
+# _FILTERS_WSPACE of a panel's width between the towers).
+_FILTERS_SIDE, _FILTERS_WSPACE = 0.03, 0.25
+_FILTERS_HEADER, _FILTERS_FOOTER, _FILTERS_TOP = 1.2, 0.1, 0.08
+_FILTERS_BOX = 0.73  # the tallest grid, a fraction of FIGSIZE's height
+_FILTERS_TITLE_GAP = 0.08  # between the figure's title and the panels' titles
+
+
+def _place_filters(fig, axes, suptitle, panel: float, drawn: float, header: float) -> None:
+  """Sizes `fig` to `header` + the grid's `drawn` height + a footer and puts each tower's
+  axes, `panel` inches wide, side by side under the title."""
+  width = fig.get_size_inches()[0]
+  height = header + drawn + _FILTERS_FOOTER
+  fig.set_size_inches(width, height)
+  used = panel * (len(axes) + _FILTERS_WSPACE * (len(axes) - 1))
+  left = (width - used) / 2
+  for index, ax in enumerate(axes):
+    x = left + index * panel * (1 + _FILTERS_WSPACE)
+    ax.set_position((x / width, _FILTERS_FOOTER / height, panel / width, drawn / height))
+  suptitle.set_y(1 - _FILTERS_TOP / height)
 
 
 def activations_figure(image: np.ndarray, maps: np.ndarray, layer: str, title: str,
