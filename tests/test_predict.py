@@ -1,4 +1,5 @@
-"""predict: recorded preprocessing, top-k output, torchvision weights, the command line.
+"""predict: recorded preprocessing, top-k output, torchvision weights, the command line, the
+README's examples on the sample images in examples/images/.
 
 Also the helpers the other inference tests share (test_finetune, test_interpret,
 test_visualize, test_eval_report import them from here): one tiny training run on a 64-image
@@ -11,6 +12,8 @@ from __future__ import annotations
 import gzip
 import json
 import pathlib
+import re
+import shlex
 import subprocess
 import sys
 
@@ -20,6 +23,7 @@ from PIL import Image
 
 from alexnet_jax import config_base, experiment, inference, train
 from alexnet_jax.data import fashion_mnist, imagenet, transforms
+from alexnet_jax.tools import cli, predict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -249,3 +253,51 @@ def test_help_lists_the_tool_flags():
   assert "Classify image files" in result.stdout
   for flag in ("--workdir", "--torchvision", "--top_k", "--json"):
     assert flag in result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# The README's door: its examples run as written on the sample images
+
+
+SAMPLES = REPO / "examples" / "images"
+# examples/images/README.md: Fashion-MNIST test image index of each sample.
+SAMPLE_TEST_INDEX = {"ankle_boot": 0, "pullover": 1, "trouser": 2, "sneaker": 9, "bag": 18}
+
+
+def doc_texts() -> dict[str, str]:
+  return {path.name: path.read_text() for path in [REPO / "README.md",
+                                                    *sorted((REPO / "docs").glob("*.md"))]}
+
+
+def test_every_example_image_the_docs_name_exists():
+  named = {(name, path) for name, text in doc_texts().items()
+           for path in re.findall(r"examples/images/[\w./-]*", text)}
+  assert {path for _, path in named} >= {"examples/images/", "examples/images/sneaker.png"}
+  missing = [(name, path) for name, path in named if not (REPO / path).exists()]
+  assert not missing
+  for stale in ("shoe.png", "cat.jpg", "photos/"):  # the names the examples used to give
+    assert not [name for name, text in doc_texts().items() if stale in text], stale
+
+
+def test_sample_images_are_the_fashion_mnist_test_images_their_readme_names():
+  images, labels = fashion_mnist.load_split(fashion_mnist.REPO_COPY, "test")
+  assert sorted(p.stem for p in SAMPLES.glob("*.png")) == sorted(SAMPLE_TEST_INDEX)
+  for stem, index in SAMPLE_TEST_INDEX.items():
+    path = SAMPLES / f"{stem}.png"
+    assert path.stat().st_size < 1000  # a few hundred bytes each
+    assert np.array_equal(np.asarray(Image.open(path)), images[index, ..., 0])
+    name = fashion_mnist.CLASS_NAMES[labels[index]]
+    assert name.lower().replace(" ", "_") == stem
+
+
+def test_readme_predict_example_runs_as_written(fashion_run, monkeypatch, capsys):
+  # The README's predict line, its workdir swapped for this session's tiny run.
+  (line,) = [line for line in (REPO / "README.md").read_text().splitlines()
+             if line.startswith("python -m alexnet_jax.tools.predict")]
+  args = shlex.split(line, comments=True)[3:]
+  args = [a.replace("workdirs/quickstart", str(fashion_run[0])) for a in args]
+  monkeypatch.chdir(REPO)  # the README runs from the clone's root
+  assert cli.call(predict.define_flags, predict.main, args) == 0
+  out = capsys.readouterr().out
+  for stem in SAMPLE_TEST_INDEX:
+    assert f"examples/images/{stem}.png" in out
