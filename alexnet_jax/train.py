@@ -22,7 +22,7 @@ from absl import logging
 from alexnet_jax import checkpoint, evaluate, periodic, sharding, state as state_lib
 from alexnet_jax.checkpoint import layout
 from alexnet_jax.experiment import Experiment
-from alexnet_jax.tools.interpret import conv1_filter_grid, towers_of  # TODO(merge): inference
+from alexnet_jax.inference import conv1_filter_grid, towers_of
 from alexnet_jax.metrics_writer import MetricWriter
 from alexnet_jax.transfer import finetune
 

@@ -172,16 +172,29 @@ def test_export_then_init_from_the_file_round_trips(source_run, tmp_path):
   assert tree_equal(again.params, restored.params)
 
 
-def test_export_command_line_keeps_its_old_name(source_run, tmp_path):
+def test_export_command_line(source_run, tmp_path):
   import subprocess
   import sys
-  help_text = subprocess.run([sys.executable, "-m", "alexnet_jax.finetune", "--help"],
+  help_text = subprocess.run([sys.executable, "-m", "alexnet_jax.tools.export", "--help"],
                              capture_output=True, text=True, cwd=REPO, timeout=120)
   assert "--export_torchvision" in help_text.stdout  # absl's --help exits with status 1
-  missing = subprocess.run([sys.executable, "-m", "alexnet_jax.finetune",
+  missing = subprocess.run([sys.executable, "-m", "alexnet_jax.tools.export",
                             f"--workdir={source_run}"],
                            capture_output=True, text=True, cwd=REPO, timeout=120)
   assert missing.returncode == 2 and "--export_torchvision" in missing.stderr
+  assert "needs PyTorch" in help_text.stdout
+
+
+def test_export_without_torch_is_one_sentence_before_any_reading(monkeypatch, tmp_path, capsys):
+  import sys
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+  out = tmp_path / "x.pth"
+  # The workdir does not exist either: PyTorch is checked before the checkpoint is read.
+  args = [f"--workdir={tmp_path / 'nowhere'}", f"--export_torchvision={out}"]
+  assert cli.call(export.define_flags, export.main, args) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "needs PyTorch" in err and "pip install torch" in err
+  assert err.count("\n") == 1 and not out.exists()
 
 
 # --------------------------------------------------------------------------------------------

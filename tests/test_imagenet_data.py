@@ -122,7 +122,7 @@ def assert_explains_layouts(message: str) -> None:
   assert "imagenet2012/<version>/dataset_info.json" in message
   assert "train/<wnid>/*.JPEG" in message
   assert "val/ILSVRC2012_val_XXXXXXXX.JPEG" in message
-  assert "python -m alexnet_jax.prepare" in message
+  assert "python -m alexnet_jax.tools.prepare" in message
 
 
 @pytest.mark.parametrize("source", ["auto", "tfds", "folder"])
@@ -458,7 +458,7 @@ def test_prepare_command_line_with_worker_processes(tmp_path):
   folder = fx.make_folder_dataset(tmp_path / "folder")
   out = tmp_path / "out"
   result = subprocess.run(
-      [sys.executable, "-m", "alexnet_jax.prepare", f"--folder_dir={folder}",
+      [sys.executable, "-m", "alexnet_jax.tools.prepare", f"--folder_dir={folder}",
        f"--data_dir={out}", "--resize_shorter=24", "--num_workers=2",
        "--examples_per_shard=4"],
       capture_output=True, text=True, cwd=fx.REPO, timeout=120,
@@ -472,7 +472,7 @@ def test_prepare_command_line_with_worker_processes(tmp_path):
 def test_prepare_names_a_source_that_does_not_exist(tmp_path):
   for flag in ("folder_dir", "tars_dir"):
     result = subprocess.run(
-        [sys.executable, "-m", "alexnet_jax.prepare", f"--{flag}={tmp_path / 'nope'}",
+        [sys.executable, "-m", "alexnet_jax.tools.prepare", f"--{flag}={tmp_path / 'nope'}",
          f"--data_dir={tmp_path / 'out'}"],
         capture_output=True, text=True, cwd=fx.REPO, timeout=120,
         env={**os.environ, "PYTHONPATH": str(fx.REPO)})
@@ -481,7 +481,7 @@ def test_prepare_names_a_source_that_does_not_exist(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
   (tmp_path / "empty").mkdir()
   result = subprocess.run(
-      [sys.executable, "-m", "alexnet_jax.prepare", f"--folder_dir={tmp_path / 'empty'}",
+      [sys.executable, "-m", "alexnet_jax.tools.prepare", f"--folder_dir={tmp_path / 'empty'}",
        f"--data_dir={tmp_path / 'out'}"],
       capture_output=True, text=True, cwd=fx.REPO, timeout=120,
       env={**os.environ, "PYTHONPATH": str(fx.REPO)})

@@ -20,7 +20,8 @@ from PIL import Image, JpegImagePlugin
 import pytest
 import simplejpeg
 
-from alexnet_jax.data import imagenet, inference, pipeline, records, transforms
+from alexnet_jax import inference
+from alexnet_jax.data import imagenet, pipeline, records, transforms
 from alexnet_jax.errors import UserError
 
 try:  # tests/ on sys.path (pytest's default for a folder without __init__.py)
@@ -238,7 +239,7 @@ def test_main_trains_and_evaluates_on_odd_names_and_sizes(odd_run):
 def test_prepare_folder_dir_keeps_the_names_bytes(odd_tree, tmp_path):
   out = tmp_path / "out"
   result = subprocess.run(
-      [sys.executable, "-m", "alexnet_jax.prepare", f"--folder_dir={odd_tree}",
+      [sys.executable, "-m", "alexnet_jax.tools.prepare", f"--folder_dir={odd_tree}",
        f"--data_dir={out}", "--resize_shorter=24", "--num_workers=0"],
       capture_output=True, text=True, cwd=fx.REPO, timeout=120,
       env={**os.environ, "PYTHONPATH": str(fx.REPO)})
@@ -263,8 +264,8 @@ def test_predict_reads_odd_names_and_refuses_a_huge_image_in_one_sentence(odd_ru
   cafe = child(odd_tree / "train" / "n01440764", CAFE)
   huge = odd_tree / "train" / "n02099601" / "huge.JPEG"
   result = subprocess.run(
-      [sys.executable.encode(), b"-m", b"alexnet_jax.predict", f"--workdir={workdir}".encode(),
-       b"--top_k=2", cafe, os.fsencode(huge)],
+      [sys.executable.encode(), b"-m", b"alexnet_jax.tools.predict",
+       f"--workdir={workdir}".encode(), b"--top_k=2", cafe, os.fsencode(huge)],
       capture_output=True, cwd=fx.REPO, timeout=300)
   stdout, stderr = result.stdout.decode(), result.stderr.decode()
   assert result.returncode == 1, stderr[-3000:]  # one file could not be used

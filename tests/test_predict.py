@@ -1,4 +1,5 @@
-"""predict: recorded preprocessing, top-k output, torchvision weights, the command line.
+"""predict: recorded preprocessing, top-k output, torchvision weights, the command line, the
+README's examples on the sample images in examples/images/.
 
 Also the helpers the other inference tests share (test_finetune, test_interpret,
 test_visualize, test_eval_report import them from here): one tiny training run on a 64-image
@@ -11,6 +12,8 @@ from __future__ import annotations
 import gzip
 import json
 import pathlib
+import re
+import shlex
 import subprocess
 import sys
 
@@ -18,9 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import config_base, experiment, train
-from alexnet_jax.data import fashion_mnist, imagenet, inference, transforms
-from alexnet_jax.tools import predict
+from alexnet_jax import config_base, experiment, inference, train
+from alexnet_jax.data import fashion_mnist, imagenet, transforms
+from alexnet_jax.tools import cli, predict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -131,7 +134,7 @@ def images(tmp_path_factory):
 
 def test_recorded_preprocessing_round_trips(fashion_run):
   workdir, config = fashion_run
-  loaded = predict.load_model_from_workdir(workdir)
+  loaded = inference.load_model_from_workdir(workdir)
   assert loaded.preprocessing == {
       "source": "fashion_mnist", "mean": list(config.data.mean), "std": list(config.data.std),
       "image_size": config.model.image_size, "resize_size": config.data.resize_size}
@@ -142,10 +145,10 @@ def test_recorded_preprocessing_round_trips(fashion_run):
 
 def test_probabilities_are_sorted_and_sum_to_at_most_one(fashion_run, images):
   workdir, _ = fashion_run
-  loaded = predict.load_model_from_workdir(workdir)
-  files = predict.find_images([images])
+  loaded = inference.load_model_from_workdir(workdir)
+  files = inference.find_images([images])
   assert [f.name for f in files] == ["a.jpg", "b.png"]  # recursive, images only
-  records = predict.predict_files(loaded, files, k=5, batch_size=4)
+  records = inference.predict_files(loaded, files, k=5, batch_size=4)
   for record in records:
     probabilities = [entry["probability"] for entry in record["top"]]
     assert len(probabilities) == 5
@@ -155,10 +158,10 @@ def test_probabilities_are_sorted_and_sum_to_at_most_one(fashion_run, images):
 
 
 def test_batches_give_the_same_answers_as_one_by_one(fashion_run, images):
-  loaded = predict.load_model_from_workdir(fashion_run[0])
-  files = predict.find_images([images])
-  together = predict.predict_files(loaded, files, k=3, batch_size=8)
-  alone = [predict.predict_files(loaded, [f], k=3, batch_size=1)[0] for f in files]
+  loaded = inference.load_model_from_workdir(fashion_run[0])
+  files = inference.find_images([images])
+  together = inference.predict_files(loaded, files, k=3, batch_size=8)
+  alone = [inference.predict_files(loaded, [f], k=3, batch_size=1)[0] for f in files]
   for a, b in zip(together, alone):
     assert [e["class"] for e in a["top"]] == [e["class"] for e in b["top"]]
     np.testing.assert_allclose([e["probability"] for e in a["top"]],
@@ -204,24 +207,24 @@ def test_undecodable_file_is_reported_not_fatal(fashion_run, tmp_path):
   bad = tmp_path / "bad.jpg"
   bad.write_bytes(b"not a jpeg")
   good = write_image(tmp_path / "good.png")
-  loaded = predict.load_model_from_workdir(fashion_run[0])
-  bad_record, good_record = predict.predict_files(loaded, [bad, good])
+  loaded = inference.load_model_from_workdir(fashion_run[0])
+  bad_record, good_record = inference.predict_files(loaded, [bad, good])
   assert "bad.jpg" in bad_record["error"] and "top" in good_record
 
 
 def test_torchvision_weights_get_imagenet_names(tmp_path, tmp_path_factory):
   pth = shared_torchvision_pth(tmp_path_factory)
-  loaded = predict.load_model_from_torchvision(pth, image_size=63)
+  loaded = inference.load_model_from_torchvision(pth, image_size=63)
   assert loaded.preprocessing["source"] == "torchvision"
   assert loaded.class_names == imagenet.class_names()
-  record = predict.predict_files(loaded, [write_image(tmp_path / "x.jpg", 80, 70)], k=5)[0]
+  record = inference.predict_files(loaded, [write_image(tmp_path / "x.jpg", 80, 70)], k=5)[0]
   probabilities = [e["probability"] for e in record["top"]]
   assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
   assert record["top"][0]["name"] == imagenet.class_names()[record["top"][0]["class"]]
 
 
 def _run_cli(*args) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "alexnet_jax.predict", *map(str, args)],
+  return subprocess.run([sys.executable, "-m", "alexnet_jax.tools.predict", *map(str, args)],
                         capture_output=True, text=True, cwd=REPO, timeout=300)
 
 
@@ -250,3 +253,51 @@ def test_help_lists_the_tool_flags():
   assert "Classify image files" in result.stdout
   for flag in ("--workdir", "--torchvision", "--top_k", "--json"):
     assert flag in result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# The README's door: its examples run as written on the sample images
+
+
+SAMPLES = REPO / "examples" / "images"
+# examples/images/README.md: Fashion-MNIST test image index of each sample.
+SAMPLE_TEST_INDEX = {"ankle_boot": 0, "pullover": 1, "trouser": 2, "sneaker": 9, "bag": 18}
+
+
+def doc_texts() -> dict[str, str]:
+  return {path.name: path.read_text() for path in [REPO / "README.md",
+                                                    *sorted((REPO / "docs").glob("*.md"))]}
+
+
+def test_every_example_image_the_docs_name_exists():
+  named = {(name, path) for name, text in doc_texts().items()
+           for path in re.findall(r"examples/images/[\w./-]*", text)}
+  assert {path for _, path in named} >= {"examples/images/", "examples/images/sneaker.png"}
+  missing = [(name, path) for name, path in named if not (REPO / path).exists()]
+  assert not missing
+  for stale in ("shoe.png", "cat.jpg", "photos/"):  # the names the examples used to give
+    assert not [name for name, text in doc_texts().items() if stale in text], stale
+
+
+def test_sample_images_are_the_fashion_mnist_test_images_their_readme_names():
+  images, labels = fashion_mnist.load_split(fashion_mnist.REPO_COPY, "test")
+  assert sorted(p.stem for p in SAMPLES.glob("*.png")) == sorted(SAMPLE_TEST_INDEX)
+  for stem, index in SAMPLE_TEST_INDEX.items():
+    path = SAMPLES / f"{stem}.png"
+    assert path.stat().st_size < 1000  # a few hundred bytes each
+    assert np.array_equal(np.asarray(Image.open(path)), images[index, ..., 0])
+    name = fashion_mnist.CLASS_NAMES[labels[index]]
+    assert name.lower().replace(" ", "_") == stem
+
+
+def test_readme_predict_example_runs_as_written(fashion_run, monkeypatch, capsys):
+  # The README's predict line, its workdir swapped for this session's tiny run.
+  (line,) = [line for line in (REPO / "README.md").read_text().splitlines()
+             if line.startswith("python -m alexnet_jax.tools.predict")]
+  args = shlex.split(line, comments=True)[3:]
+  args = [a.replace("workdirs/quickstart", str(fashion_run[0])) for a in args]
+  monkeypatch.chdir(REPO)  # the README runs from the clone's root
+  assert cli.call(predict.define_flags, predict.main, args) == 0
+  out = capsys.readouterr().out
+  for stem in SAMPLE_TEST_INDEX:
+    assert f"examples/images/{stem}.png" in out

@@ -1,4 +1,4 @@
-"""`python -m alexnet_jax.prepare` stopped by Ctrl-C and run again, and on a full disk, as a
+"""`python -m alexnet_jax.tools.prepare` stopped by Ctrl-C and run again, and on a full disk, as a
 user meets them: the command in a subprocess, a real SIGINT, a real full filesystem."""
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def test_ctrl_c_stops_within_seconds_and_a_rerun_resumes(tmp_path):
   assert 3 <= finished < 28
   assert imagenet.prepared_tfds_versions(str(out)) == []
 
-  again = subprocess.run([sys.executable, "-m", "alexnet_jax.prepare", *flags],
+  again = subprocess.run([sys.executable, "-m", "alexnet_jax.tools.prepare", *flags],
                          capture_output=True, text=True, cwd=fx.REPO, env=ENV, timeout=120)
   assert again.returncode == 0, again.stderr[-3000:]
   reused = int(re.search(r"resuming the unfinished build in \S+: (\d+) of 28 shards reused",
@@ -196,7 +196,7 @@ def small_filesystem(tmp_path):
 def test_a_full_disk_is_one_sentence(tmp_path, small_filesystem):
   folder = _dataset(tmp_path)
   # raw: 196,608 bytes an image, 0.4 MB a shard: the 2 MB fill after a few shards.
-  command = [sys.executable, "-m", "alexnet_jax.prepare",
+  command = [sys.executable, "-m", "alexnet_jax.tools.prepare",
              *_flags(folder, small_filesystem / "data", "--format=raw")]
   proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                           cwd=fx.REPO, env=ENV)

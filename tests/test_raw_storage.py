@@ -192,7 +192,7 @@ def test_an_interrupted_prepare_leaves_no_build_a_run_could_read(tmp_path, monke
 def test_prepare_command_line_raw_with_workers(tmp_path):
   folder = fx.make_folder_dataset(tmp_path / "folder")
   out = tmp_path / "out"
-  command = [sys.executable, "-m", "alexnet_jax.prepare", f"--folder_dir={folder}",
+  command = [sys.executable, "-m", "alexnet_jax.tools.prepare", f"--folder_dir={folder}",
              f"--data_dir={out}", "--format=raw", "--num_workers=2", "--examples_per_shard=4"]
   env = {**os.environ, "PYTHONPATH": str(fx.REPO)}
   result = subprocess.run(command, capture_output=True, text=True, cwd=fx.REPO, timeout=120,

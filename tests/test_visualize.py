@@ -18,7 +18,7 @@ except ImportError:
 
 
 def visualize_main(args) -> int:
-  """The command line `python -m alexnet_jax.visualize ARGS`, in this process."""
+  """The command line `python -m alexnet_jax.tools.visualize ARGS`, in this process."""
   return cli.call(visualize.define_flags, visualize.main, args)
 
 
@@ -28,12 +28,29 @@ def expected_size(picture: str) -> tuple[int, int]:
 
 
 def assert_picture(path, picture: str) -> None:
+  """A PNG of FIGSIZE x DPI pixels (filters: that width, as tall as its grid needs, at most
+  that height), not blank."""
   path = pathlib.Path(path)
   assert path.is_file(), path
   with Image.open(path) as image:
     assert image.format == "PNG"
-    assert image.size == expected_size(picture)
+    if picture == "filters":
+      width, height = expected_size(picture)
+      assert image.size[0] == width and 0.5 * height < image.size[1] <= height
+    else:
+      assert image.size == expected_size(picture)
     assert np.asarray(image.convert("L")).std() > 0  # not a blank canvas
+
+
+def longest_blank_band(path) -> int:
+  """The most consecutive rows of the PNG that are all white (pixels)."""
+  with Image.open(path) as image:
+    blank = (np.asarray(image.convert("L")) >= 250).all(axis=1)
+  longest = run = 0
+  for row in blank:
+    run = run + 1 if row else 0
+    longest = max(longest, run)
+  return longest
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +118,17 @@ def test_filters_of_the_d2l_variant_fill_the_canvas(tmp_path):
   width, _ = fig.get_size_inches() * visualize.DPI
   assert drawn.width > 0.9 * width
   assert_picture(visualize.save(fig, tmp_path / "f.png"), "filters")
+
+
+@pytest.mark.parametrize("variant,shape", [("paper", (11, 11, 3, 96)), ("d2l", (11, 11, 1, 96)),
+                                           ("torchvision", (11, 11, 3, 64))])
+def test_filters_picture_has_no_empty_band(tmp_path, variant, shape):
+  # The figure is as tall as its grid: the fixed 6-inch canvas left 71 (d2l) and 93 (paper)
+  # blank rows between the title and the grid (the grid centred in a taller box).
+  kernel = np.random.default_rng(0).normal(size=shape)
+  path = visualize.save(visualize.filters_figure(kernel, variant, variant), tmp_path / "f.png")
+  assert_picture(path, "filters")
+  assert longest_blank_band(path) <= 15
 
 
 @pytest.mark.parametrize("p,text", [(0.1077, "0.108"), (1.0, "1.000"), (0.001, "0.001"),

@@ -50,7 +50,7 @@ VERSION = re.compile(r"\d+\.\d+\.\d+")
 # Written next to dataset_info.json by `alexnet_jax.tools.prepare` (how the images were stored).
 PREPARE_INFO_FILE = "alexnet_jax_prepare.json"
 
-PREPARE_COMMAND = ("python -m alexnet_jax.prepare --tars_dir=DIR_WITH_ILSVRC2012_TARS "
+PREPARE_COMMAND = ("python -m alexnet_jax.tools.prepare --tars_dir=DIR_WITH_ILSVRC2012_TARS "
                    "--data_dir={data_dir} [--resize_shorter=256 | --format=raw]")
 
 

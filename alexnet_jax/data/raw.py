@@ -1,7 +1,7 @@
 """The paper's storage: every image kept as its central 256x256 patch of uint8 RGB pixels.
 
-`python -m alexnet_jax.prepare --format=raw` rescales each image so its shorter side is 256,
-cuts out the central 256x256 square ("rescaled such that the shorter side was of length 256,
+`python -m alexnet_jax.tools.prepare --format=raw` rescales each image so its shorter side is
+256, cuts out the central 256x256 square ("rescaled such that the shorter side was of length 256,
 and then cropped out the central 256x256 patch", Krizhevsky et al. 2012) and stores its
 196,608 bytes (row-major, H x W x RGB) as the `image` field of the usual tfds `imagenet2012`
 record, so the `tfds`/`auto` sources find the build as any other. `alexnet_jax_prepare.json`

@@ -14,7 +14,7 @@ Speed comes from doing the work once, at the size it is needed:
   pixels (PIL's resampling reads the neighbours outside the box too), at more cost.
 - For JPEGs much larger than needed, `Image.draft` makes libjpeg decode at 1/2, 1/4 or 1/8
   scale (DCT scaling), never below the resolution the crop needs.
-- Stored images that are already at the target scale (see `python -m alexnet_jax.prepare
+- Stored images that are already at the target scale (see `python -m alexnet_jax.tools.prepare
   --resize_shorter=256`) are cropped without resampling.
 
 - JPEGs decode through simplejpeg (a libjpeg-turbo binding) when `data.jpeg_decoder` is

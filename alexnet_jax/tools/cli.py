@@ -65,8 +65,8 @@ def run(define_flags: Callable[[], None], main: Callable[[Sequence[str]], int]) 
   """Defines the tool's flags, lists them under `--help`, and runs `main` with absl.
 
   `--help` shows the docstring of the module run as `python -m ...` and these flags (absl
-  lists the flags of the main module; the thin modules alexnet_jax/{predict,...}.py define
-  none, so the tool's are registered for it here).
+  lists the flags the main module defines; the tools define theirs through `define`, in this
+  module, so they are registered for the main module here).
   """
   before = set(FLAGS)
   define_flags()

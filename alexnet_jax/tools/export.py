@@ -1,10 +1,13 @@
 """Export a checkpoint as a PyTorch state_dict (torchvision keys for the torchvision variant).
 
-  python -m alexnet_jax.finetune --workdir=DIR [--step=N] --export_torchvision=FILE.pth
+  python -m alexnet_jax.tools.export --workdir=DIR [--step=N] --export_torchvision=FILE.pth
 
 The file loads into torchvision.models.alexnet (torchvision variant) or, for the other
 variants, holds the layout keys conv1.weight ... fc8.bias (transfer/convert.py); either way it
 can be an `init_from` again. Variants with batch norm have no PyTorch layout here.
+
+Needs PyTorch to write the file (`pip install torch`, or `pip install -e ".[torch]"` in a
+clone); without it the tool stops with one sentence before reading the checkpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ FLAGS = flags.FLAGS
 def export(workdir: str, out: str, step: int | None = None) -> tuple[str, int]:
   """Writes the params of checkpoint `step` (latest if None) of `workdir` to `out` as a
   float32 PyTorch state_dict; returns (variant, step). UserError for a missing checkpoint,
-  a variant with batch norm, or no PyTorch installed."""
+  a variant with batch norm, or no PyTorch installed (checked first)."""
+  _require_torch(out)
   from alexnet_jax import checkpoint, models
   from alexnet_jax.transfer import convert
   restored = checkpoint.read_for_inference(workdir, step)
@@ -34,11 +38,20 @@ def export(workdir: str, out: str, step: int | None = None) -> tuple[str, int]:
   return variant, restored.step
 
 
+def _require_torch(out: str) -> None:
+  """UserError unless PyTorch can be imported: before the checkpoint is read, not after."""
+  try:
+    import torch  # noqa: F401
+  except ImportError as err:
+    raise UserError(f"Writing {out} needs PyTorch, which is not installed: `pip install torch` "
+                    "(or `pip install -e \".[torch]\"` in a clone).") from err
+
+
 def define_flags() -> None:
   """export's flags (absl): --workdir, --step, --export_torchvision."""
   cli.define("string", "workdir", None, "run directory (or its checkpoints/)")
   cli.define("integer", "step", None, "checkpoint step (default latest)")
-  cli.define("string", "export_torchvision", None, "FILE.pth to write")
+  cli.define("string", "export_torchvision", None, "FILE.pth to write (needs PyTorch)")
 
 
 @cli.report_user_errors
@@ -57,7 +70,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
-  """`python -m alexnet_jax.finetune` (or alexnet_jax.tools.export): absl flags, then main."""
+  """`python -m alexnet_jax.tools.export`: absl flags, then main."""
   cli.run(define_flags, main)
 
 

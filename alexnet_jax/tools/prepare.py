@@ -4,14 +4,14 @@ Three ways, all ending in `<data_dir>/imagenet2012/<version>/` that `data.source
 `auto`) reads with random access:
 
   # tfds's own builder, original JPEGs (needs TensorFlow: pip install 'alexnet_jax[prepare]')
-  python -m alexnet_jax.prepare --tars_dir=DIR --data_dir=OUT
+  python -m alexnet_jax.tools.prepare --tars_dir=DIR --data_dir=OUT
 
   # no TensorFlow: images stored pre-resized to shorter side 256, the paper's preprocessing
-  python -m alexnet_jax.prepare --tars_dir=DIR --data_dir=OUT --resize_shorter=256
-  python -m alexnet_jax.prepare --folder_dir=DIR --data_dir=OUT --resize_shorter=256
+  python -m alexnet_jax.tools.prepare --tars_dir=DIR --data_dir=OUT --resize_shorter=256
+  python -m alexnet_jax.tools.prepare --folder_dir=DIR --data_dir=OUT --resize_shorter=256
 
   # the paper's storage: central 256x256 patch as raw uint8 RGB (196,608 bytes an image)
-  python -m alexnet_jax.prepare --folder_dir=DIR --data_dir=OUT --format=raw
+  python -m alexnet_jax.tools.prepare --folder_dir=DIR --data_dir=OUT --format=raw
 
 DIR with --tars_dir holds ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar; with
 --folder_dir it holds train/<wnid>/*.JPEG and val/ (either layout, see docs/data.md).
@@ -852,19 +852,19 @@ def finish_dataset(data_dir: str, work_dir: str, results: Sequence[ShardResult],
 def _describe(options: StoreOptions) -> str:
   if options.format == raw.FORMAT:
     side = options.raw_side
-    return (f"Written by alexnet_jax.prepare: raw storage, the central {side}x{side} "
+    return (f"Written by alexnet_jax.tools.prepare: raw storage, the central {side}x{side} "
             f"patch after scaling the shorter side to {side}, as uint8 RGB ({side}x{side}x3 = "
             f"{raw.record_bytes(side)} bytes in each record's image field).")
   if options.resize_shorter > 0:
-    return (f"Written by alexnet_jax.prepare: images resized to shorter side "
+    return (f"Written by alexnet_jax.tools.prepare: images resized to shorter side "
             f"{options.resize_shorter} and stored as JPEG quality {options.jpeg_quality}.")
-  return "Written by alexnet_jax.prepare: original image files, unchanged."
+  return "Written by alexnet_jax.tools.prepare: original image files, unchanged."
 
 
 def _write_prepare_info(work_dir: str, results: Sequence[ShardResult], options: StoreOptions,
                         origin: str, description: str) -> None:
   info = {
-      "written_by": "alexnet_jax.prepare",
+      "written_by": "alexnet_jax.tools.prepare",
       "description": description,
       "origin": origin,
       "format": options.format,
@@ -1055,7 +1055,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
-  """`python -m alexnet_jax.prepare`: absl flags, then main."""
+  """`python -m alexnet_jax.tools.prepare`: absl flags, then main."""
   cli.run(define_flags, main)
 
 

@@ -1,12 +1,12 @@
 """Pictures of a trained AlexNet, as PNG files (matplotlib, Agg backend: no display needed).
 
-  python -m alexnet_jax.visualize filters     --workdir=DIR [--step=N]
-  python -m alexnet_jax.visualize activations --workdir=DIR --layer=conv2 IMAGE
-  python -m alexnet_jax.visualize occlusion   --workdir=DIR [--label=CLASS] [--patch=P]
-                                              [--stride=S] IMAGE
-  python -m alexnet_jax.visualize saliency    --workdir=DIR [--label=CLASS] IMAGE
-  python -m alexnet_jax.visualize gradcam     --workdir=DIR [--label=CLASS] IMAGE
-  python -m alexnet_jax.visualize curves      --workdir=DIR
+  python -m alexnet_jax.tools.visualize filters     --workdir=DIR [--step=N]
+  python -m alexnet_jax.tools.visualize activations --workdir=DIR --layer=conv2 IMAGE
+  python -m alexnet_jax.tools.visualize occlusion   --workdir=DIR [--label=CLASS] [--patch=P]
+                                                    [--stride=S] IMAGE
+  python -m alexnet_jax.tools.visualize saliency    --workdir=DIR [--label=CLASS] IMAGE
+  python -m alexnet_jax.tools.visualize gradcam     --workdir=DIR [--label=CLASS] IMAGE
+  python -m alexnet_jax.tools.visualize curves      --workdir=DIR
 
 The first argument is the picture: filters (conv1 filters as a grid, towers side by side),
 activations (activation maps of one layer for an image), occlusion (class probability as a
@@ -17,7 +17,7 @@ pixels), gradcam (Grad-CAM on conv5), curves (loss and top-1 from DIR/metrics.js
 `--out=FILE.png` names the picture; by default it goes to DIR/pictures/ (or the current
 directory with --torchvision) as `<picture>[_<image name>].png`. CLASS is an index or a class
 name ('tabby', 'Sneaker'); without it the model's top class is used. The numbers come from
-interpret.py; this module only draws them.
+alexnet_jax.inference; this module only draws them.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ FLAGS = flags.FLAGS
 
 DPI = 100
 # Figure sizes in inches; the PNG is DPI times that in pixels (no tight bounding box, so the
-# size is known in advance).
+# size is known in advance). filters: that width, and at most that height (filters_figure).
 FIGSIZE = {
     "filters": (12.0, 6.0),
     "activations": (14.0, 6.0),
@@ -58,8 +58,8 @@ def _pyplot():
 
 
 def save(fig, path: str | os.PathLike) -> pathlib.Path:
-  """Writes `fig` as a PNG at DPI (size FIGSIZE inches times DPI pixels), creating the folder;
-  closes the figure and returns the path."""
+  """Writes `fig` as a PNG at DPI (its size in inches, FIGSIZE's, times DPI pixels), creating
+  the folder; closes the figure and returns the path."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=DPI)
@@ -78,14 +78,13 @@ def _show_image(ax, image: np.ndarray, title: str = "") -> None:
   ax.axis("off")
 
 
-def _figure(kind: str, columns: int, top: float = 0.78, width_ratios=None,
-            right: float = 0.88):
-  """A row of `columns` axes, with room above them for a suptitle of up to three lines (and,
-  with the default `right`, for a colour bar on the right)."""
+def _figure(kind: str, columns: int, top: float = 0.78, width_ratios=None):
+  """A row of `columns` axes, with room above them for a suptitle of up to three lines and
+  for a colour bar on the right."""
   plt = _pyplot()
   fig, axes = plt.subplots(1, columns, figsize=FIGSIZE[kind], dpi=DPI,
                            width_ratios=width_ratios)
-  fig.subplots_adjust(left=0.03, right=right, bottom=0.05, top=top, wspace=0.25)
+  fig.subplots_adjust(left=0.03, right=0.88, bottom=0.05, top=top, wspace=0.25)
   return fig, np.atleast_1d(axes)
 
 
@@ -133,16 +132,27 @@ def _zero_map_note(ax) -> None:
 
 def filters_figure(kernel: np.ndarray, variant: str, title: str):
   """conv1's filters, a (kh, kw, channels, count) kernel, each scaled to its own min..max; the
-  paper variant's two towers side by side (the paper's figure 3)."""
-  from alexnet_jax.tools import interpret
-  towers = interpret.towers_of(variant)
+  paper variant's two towers side by side (the paper's figure 3).
+
+  FIGSIZE['filters'] wide; as tall as the grid drawn across the full width needs (at most
+  FIGSIZE's height), so that no empty band lies between the title and the grid.
+  """
+  from alexnet_jax import inference
+  towers = inference.towers_of(variant)
   halves = np.split(np.asarray(kernel), towers, axis=-1)
-  fig, axes = _figure("filters", towers, right=0.97)  # no colour bar
-  width, height = fig.get_size_inches()
-  for index, (ax, half) in enumerate(zip(axes, halves)):
-    box = ax.get_position()
-    # The grid's shape fits the panel (96 d2l filters: 6 rows of 16), so that it fills it.
-    grid = interpret.conv1_filter_grid(half, aspect=box.width * width / (box.height * height))
+  width, most_height = FIGSIZE["filters"]
+  # Inches: each tower's panel, and the tallest grid allowed (the box the grid's shape fits:
+  # the panels' height in the earlier fixed layout, so grids keep their shapes).
+  panel = width * (1 - 2 * _FILTERS_SIDE) / (towers + _FILTERS_WSPACE * (towers - 1))
+  box = most_height * _FILTERS_BOX
+  # The grid's shape fits the panel (96 d2l filters: 6 rows of 16), so that it fills it.
+  grids = [inference.conv1_filter_grid(half, aspect=panel / box) for half in halves]
+  grid_height, grid_width = grids[0].shape[:2]
+  drawn = min(box, panel * grid_height / grid_width)  # the grid's height in inches
+  plt = _pyplot()
+  fig = plt.figure(figsize=(width, most_height), dpi=DPI)
+  axes = [fig.add_axes((0, 0, 1, 1)) for _ in halves]
+  for index, (ax, half, grid) in enumerate(zip(axes, halves, grids)):
     if grid.shape[-1] == 1:
       ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     else:
@@ -152,16 +162,45 @@ def filters_figure(kernel: np.ndarray, variant: str, title: str):
     ax.set_title(f"{label}filters {first}-{first + half.shape[-1] - 1}")
     ax.axis("off")
   kh, kw, channels, count = np.shape(kernel)
-  fig.suptitle(f"{title}\nconv1: {count} filters of {kh}x{kw}x{channels}, each scaled to its "
-               "own min..max")
+  suptitle = fig.suptitle(f"{title}\nconv1: {count} filters of {kh}x{kw}x{channels}, each "
+                          "scaled to its own min..max", va="top")
+  # Lay out with room to spare, measure the blank between the titles, take it out.
+  _place_filters(fig, axes, suptitle, panel, drawn, _FILTERS_HEADER)
+  fig.canvas.draw()
+  title_top = max(ax.title.get_window_extent().y1 for ax in axes)
+  blank = (suptitle.get_window_extent().y0 - title_top) / DPI  # inches
+  _place_filters(fig, axes, suptitle, panel, drawn,
+                 _FILTERS_HEADER - max(0.0, blank - _FILTERS_TITLE_GAP))
   return fig
+
+
+# The filters picture's layout, in inches (or fractions of the width: _FILTERS_SIDE, and
+# _FILTERS_WSPACE of a panel's width between the towers).
+_FILTERS_SIDE, _FILTERS_WSPACE = 0.03, 0.25
+_FILTERS_HEADER, _FILTERS_FOOTER, _FILTERS_TOP = 1.2, 0.1, 0.08
+_FILTERS_BOX = 0.73  # the tallest grid, a fraction of FIGSIZE's height
+_FILTERS_TITLE_GAP = 0.08  # between the figure's title and the panels' titles
+
+
+def _place_filters(fig, axes, suptitle, panel: float, drawn: float, header: float) -> None:
+  """Sizes `fig` to `header` + the grid's `drawn` height + a footer and puts each tower's
+  axes, `panel` inches wide, side by side under the title."""
+  width = fig.get_size_inches()[0]
+  height = header + drawn + _FILTERS_FOOTER
+  fig.set_size_inches(width, height)
+  used = panel * (len(axes) + _FILTERS_WSPACE * (len(axes) - 1))
+  left = (width - used) / 2
+  for index, ax in enumerate(axes):
+    x = left + index * panel * (1 + _FILTERS_WSPACE)
+    ax.set_position((x / width, _FILTERS_FOOTER / height, panel / width, drawn / height))
+  suptitle.set_y(1 - _FILTERS_TOP / height)
 
 
 def activations_figure(image: np.ndarray, maps: np.ndarray, layer: str, title: str,
                        max_channels: int = 32):
   """The uint8 or float (H, W, C) image (0-255) and the `max_channels` most active channels
   of one (h, w, C) stage output. UserError for a stage without spatial maps (fc layers)."""
-  from alexnet_jax.tools import interpret
+  from alexnet_jax import inference
   maps = np.asarray(maps, np.float32)
   if maps.ndim != 3:
     raise UserError(f"layer={layer!r} has no spatial maps; choose a conv or pool stage.")
@@ -169,9 +208,9 @@ def activations_figure(image: np.ndarray, maps: np.ndarray, layer: str, title: s
   tiles = np.transpose(maps[..., strongest], (2, 0, 1))[..., None]
   high = float(tiles.max()) or 1.0
   columns = int(np.ceil(np.sqrt(len(strongest) * 2)))
-  mosaic = interpret.tile(tiles / high, columns, gap=1)[..., 0]
+  mosaic = inference.tile(tiles / high, columns, gap=1)[..., 0]
   # The 1-pixel separators are 1.0 from _tile; mark them NaN so that they show as blank.
-  separators = interpret.tile(np.zeros_like(tiles), columns, gap=1)[..., 0] == 1.0
+  separators = inference.tile(np.zeros_like(tiles), columns, gap=1)[..., 0] == 1.0
   mosaic = np.where(separators, np.nan, mosaic * high)
   fig, axes = _figure("activations", 2, top=0.86, width_ratios=(1.0, 2.4))
   _show_image(axes[0], image, "input")
@@ -188,7 +227,7 @@ def activations_figure(image: np.ndarray, maps: np.ndarray, layer: str, title: s
 def occlusion_figure(image: np.ndarray, heat: np.ndarray, class_name: str, baseline: float,
                      patch: int, stride: int, title: str):
   """The (H, W, C) image (0-255), and over it `heat`, the (H, W) class probability with the
-  grey `patch`-pixel square covering each pixel (interpret.occlusion_to_pixels)."""
+  grey `patch`-pixel square covering each pixel (inference.occlusion_to_pixels)."""
   fig, axes = _figure("occlusion", 2, top=0.74)
   _show_image(axes[0], image, f"input: P({class_name}) = {format_probability(baseline)}")
   _show_image(axes[1], image, f"P({class_name}), square covering each pixel\n"
@@ -217,7 +256,7 @@ def _heat_figure(kind: str, image: np.ndarray, heat: np.ndarray, heading: str, l
 
 
 def saliency_figure(image: np.ndarray, sal: np.ndarray, class_name: str, title: str):
-  """The (H, W, C) image and over it `sal`, (H, W) |d score / d pixel| (interpret.saliency)."""
+  """The (H, W, C) image and over it `sal`, (H, W) |d score / d pixel| (inference.saliency)."""
   return _heat_figure("saliency", image, sal, f"|d score({class_name}) / d pixel|",
                       "|gradient|, max over channels", "hot", title)
 
@@ -309,14 +348,14 @@ def _default_out(args: Request, picture: str) -> pathlib.Path:
 
 
 def _load(args: Request):
-  from alexnet_jax.tools import predict
-  return predict.load_model(args.workdir, args.torchvision, args.step, args.image_size)
+  from alexnet_jax import inference
+  return inference.load_model(args.workdir, args.torchvision, args.step, args.image_size)
 
 
 def _input_image(loaded, path: str) -> np.ndarray:
   """The image as the model sees it, in pixel units at the model's input size."""
-  from alexnet_jax.tools import interpret
-  return interpret.resize_to_model(loaded.load_image(path), loaded.image_size)
+  from alexnet_jax import inference
+  return inference.resize_to_model(loaded.load_image(path), loaded.image_size)
 
 
 def _target(loaded, image: np.ndarray, label: str | None) -> tuple[int, str, float]:
@@ -364,15 +403,15 @@ def make_picture(args: Request) -> pathlib.Path:
     size = loaded.image_size
     patch = args.patch or max(1, round(size / 7))
     stride = args.stride or max(1, patch // 2)
-    from alexnet_jax.tools import interpret
+    from alexnet_jax import inference
     values = loaded.probe.occlusion(image, index, patch=patch, stride=stride, fill=args.fill)
-    heat = interpret.occlusion_to_pixels(values, (size, size), patch=patch, stride=stride)
+    heat = inference.occlusion_to_pixels(values, (size, size), patch=patch, stride=stride)
     return save(occlusion_figure(image, heat, name, probability, patch, stride, title), out)
   if args.picture == "saliency":
     return save(saliency_figure(image, loaded.probe.saliency(image, index), name, title), out)
   if args.picture == "gradcam":
-    from alexnet_jax.tools import interpret
-    cam = interpret.upsample(loaded.probe.grad_cam(image, index), image.shape[:2])
+    from alexnet_jax import inference
+    cam = inference.upsample(loaded.probe.grad_cam(image, index), image.shape[:2])
     return save(gradcam_figure(image, cam, name, title), out)
   raise UsageError(f"unknown picture {args.picture!r}; choose one of {', '.join(PICTURES)}.")
 
@@ -422,7 +461,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
-  """`python -m alexnet_jax.visualize`: absl flags, then main."""
+  """`python -m alexnet_jax.tools.visualize`: absl flags, then main."""
   cli.run(define_flags, main)
 
 

@@ -14,7 +14,7 @@ classifier becomes a 10-class one. A shape that differs and is not in `reinit` i
 naming the field to change, never a silent re-initialization. `config.freeze` (optim.py) then
 decides which of the loaded layers train.
 
-Exporting a checkpoint as a .pth file is tools/export.py (`python -m alexnet_jax.finetune
+Exporting a checkpoint as a .pth file is tools/export.py (`python -m alexnet_jax.tools.export
 --workdir=DIR --export_torchvision=FILE.pth` still runs it).
 """
 

@@ -1,8 +1,8 @@
 """One image file prepared exactly as a source's evaluation pipeline prepares its images.
 
 A checkpoint records how its training images were made (`meta["preprocessing"]`, written by
-checkpoint.layout.meta: `source`, `mean`, `std`, `image_size`, `resize_size`); the tools
-(predict, visualize) hand that record to `load_image` and get the uint8 image the model's eval
+checkpoint.layout.meta: `source`, `mean`, `std`, `image_size`, `resize_size`);
+model.LoadedModel hands that record to `load_image` and gets the uint8 image the model's eval
 transform would have produced from the same file. Normalization ((x - mean) / std) and any
 resize to `image_size` happen on the device, as in training (steps.device_preprocess).
 
