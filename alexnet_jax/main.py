@@ -4,9 +4,9 @@
   python -m alexnet_jax.main --config=configs/quickstart.py --workdir=DIR --mode=eval
   ... --config.batch_size=256 --config.model.dtype=bfloat16                         # overrides
 
-The user-error policy lives here: an `errors.UserError` (a mistake the user can fix) prints one
-sentence and exits 1 (2 for a wrong command line); anything else is an internal error and keeps
-its traceback.
+A mistake the user can fix (`errors.UserError`) prints one sentence and exits 1 (2 for a wrong
+command line; `errors.report`, the policy the tools share); anything else is an internal error
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax.errors import CheckpointWriteError, UsageError, UserError, help_asked
+from alexnet_jax import errors
+from alexnet_jax.errors import CheckpointWriteError, UserError, help_asked
 from alexnet_jax.runtime import cpu_runtime, distributed, interrupts, logs
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -141,8 +142,7 @@ def main(argv):
       # aborted the process ('terminate called ...') after this message. Leave at once: the
       # message is out, the last complete checkpoint is on disk, Grain workers follow us.
       interrupts.exit_now(1, f"error: {e}")
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 2 if isinstance(e, UsageError) else 1
+    return errors.report(e)
   except Exception:
     traceback.print_exc()
     print(f"error: {REPORT_BUG}", file=sys.stderr, flush=True)

@@ -89,7 +89,9 @@ def _init_state(exp: Experiment, log) -> Any:
   state = state_lib.create_train_state(exp.model, exp.tx, exp.input_shape,
                                        exp.state_shardings, config.seed)
   if config.init_from:  # only for a fresh run: a resumed one has its own checkpoint
-    state = finetune.initialize_from(state, config, exp.tx, exp.state_shardings, log)
+    state = finetune.initialize_from(
+        state, init_from=config.init_from, reinit=config.reinit, freeze=config.freeze,
+        model_config=config.model.to_dict(), tx=exp.tx, shardings=exp.state_shardings, log=log)
   return state
 
 

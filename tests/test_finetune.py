@@ -159,7 +159,10 @@ def test_restoring_into_another_head_without_reinit_is_an_error(source_run):
   config = shared.tiny_config(init_from=str(source_run), **{"model.num_classes": 5})
   fresh = jax.tree.map(jnp.asarray, fresh_params(**config.model.to_dict()))
   with pytest.raises(ValueError, match="10 classes but model.num_classes=5.*--config.reinit=fc8"):
-    finetune.initialize_from({"params": fresh}, config, tx=None, shardings=None, log=print)
+    finetune.initialize_from({"params": fresh}, init_from=config.init_from,
+                             reinit=config.reinit, freeze=config.freeze,
+                             model_config=config.model.to_dict(), tx=None, shardings=None,
+                             log=print)
 
 
 def test_export_then_init_from_the_file_round_trips(source_run, tmp_path):

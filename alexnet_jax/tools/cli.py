@@ -21,8 +21,7 @@ from absl import app, flags
 from alexnet_jax import errors
 
 FLAGS = flags.FLAGS
-USAGE_STATUS = 2  # errors.UsageError, bad flags
-USER_ERROR_STATUS = 1  # errors.UserError
+USAGE_STATUS = errors.USAGE_STATUS
 
 
 def define(kind: str, name: str, default: Any, help_text: str, **kwargs) -> None:
@@ -39,12 +38,8 @@ def report_user_errors(main: Callable[[Sequence[str]], int]) -> Callable[[Sequen
   def wrapper(argv: Sequence[str]) -> int:
     try:
       return main(argv)
-    except errors.UsageError as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      return USAGE_STATUS
     except errors.UserError as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      return USER_ERROR_STATUS
+      return errors.report(e)
   return wrapper
 
 
@@ -55,7 +50,7 @@ def _parse(argv: list[str]) -> list[str]:
   except flags.Error as e:
     print(f"error: {e}. Pass --help for usage.", file=sys.stderr, flush=True)
     sys.exit(USAGE_STATUS)
-  except SystemExit as e:
+  except SystemExit:
     if errors.help_asked(argv):
       sys.exit(0)
     raise

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from alexnet_jax import checkpoint as ckpt_lib, optim, sharding
+from alexnet_jax import checkpoint as ckpt_lib, optim, sharding, state as state_lib
 from alexnet_jax.errors import UserError
 from alexnet_jax.transfer import convert
 
@@ -125,30 +125,31 @@ def merge_params(fresh: Mapping, loaded: Mapping, reinit: str, source: str, *,
   return jax.tree.map(choose, names, fresh), kept_fresh
 
 
-def initialize_from(state: dict[str, Any], config: Any, tx, shardings: Any,
+def initialize_from(state: dict[str, Any], *, init_from: str, reinit: str, freeze: str,
+                    model_config: Mapping[str, Any], tx, shardings: Any,
                     log: Callable[[str], None]) -> dict[str, Any]:
   """The freshly initialized train `state` with its params (and BN statistics, when both
-  models have them) replaced per `config.init_from`, `config.reinit`.
+  models have them) replaced from `init_from` but for the `reinit` ones (config.init_from,
+  config.reinit; `freeze` and `model_config`, config.freeze and config.model, are for the
+  log line and the checks).
 
   Every process must call it (sharding.to_host gathers). `tx` and `shardings` are the train
   state's optimizer and shardings (state.with_params rebuilds the optimizer state); `log`
   gets one line saying what was loaded. Raises UserError as load_pretrained and merge_params do.
   """
-  from alexnet_jax import state as state_lib
-
-  pretrained = load_pretrained(config.init_from, config.model.to_dict())
+  pretrained = load_pretrained(init_from, model_config)
   params, kept_fresh = merge_params(sharding.to_host(state["params"]), pretrained.params,
-                                    config.reinit, pretrained.source)
+                                    reinit, pretrained.source)
   batch_stats = None
   if state.get("batch_stats") and pretrained.batch_stats:
     # Running statistics follow their layers: reinit a layer and its statistics start over.
     batch_stats, _ = merge_params(sharding.to_host(state["batch_stats"]), pretrained.batch_stats,
-                                  config.reinit, pretrained.source, require_match=False)
+                                  reinit, pretrained.source, require_match=False)
   log(f"Initialized from {pretrained.source}: loaded "
       f"{len(jax.tree.leaves(params)) - len(kept_fresh)} arrays"
       + (f"; fresh: {', '.join(kept_fresh)}" if kept_fresh else "")
       + ("; with its BN statistics" if batch_stats is not None else "")
-      + (f"; frozen: parameters matching {config.freeze!r}" if config.freeze else "") + ".")
+      + (f"; frozen: parameters matching {freeze!r}" if freeze else "") + ".")
   return state_lib.with_params(state, params, tx, shardings, batch_stats)
 
 
