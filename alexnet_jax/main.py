@@ -87,7 +87,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def run(config, workdir: str, mode: str) -> int:
   """Builds the experiment and trains or evaluates; returns the exit status."""
-  import jax  # after absl parsed the flags, so JAX picks up its own flags and env
+  # Imported here, after parse_flags installed the signal policy and cpu_runtime set XLA's
+  # flags: these imports take seconds, and a Ctrl-C during them must stop the process cleanly.
+  import jax
 
   from alexnet_jax import evaluate, experiment, train
   from alexnet_jax.runtime import compilation_cache

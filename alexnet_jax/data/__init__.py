@@ -17,8 +17,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
+
+from alexnet_jax.data import augment, device, pipeline
 from alexnet_jax.errors import UserError
-from alexnet_jax.data import augment, pipeline
 
 # The ImageNet sources (data/imagenet.py): an ArrayRecord build, the extracted folders, or
 # whichever of the two data_dir holds.
@@ -58,6 +60,8 @@ class Split:
 
 
 def _source_module(name: str):
+  # Imported on demand: the ImageNet source brings tensorflow_datasets and array_record, which
+  # a synthetic or Fashion-MNIST run never needs.
   if name == "synthetic":
     from alexnet_jax.data import synthetic
     return synthetic
@@ -105,9 +109,6 @@ def train_batches(split: Split, mesh, *, seed: int, batch_size: int, loading: Lo
                   start_step: int = 0):
   """The training stream of `split` from `start_step` on, in global batches of `batch_size`
   (the order a function of `seed` and the step), as a `device.DeviceBatches` iterator."""
-  import jax
-
-  from alexnet_jax.data import device
   dataset = pipeline.train_dataset(
       split.source, split.transform, seed=seed, global_batch_size=batch_size,
       process_index=jax.process_index(), process_count=jax.process_count())
@@ -120,9 +121,6 @@ def train_batches(split: Split, mesh, *, seed: int, batch_size: int, loading: Lo
 def eval_batches(split: Split, mesh, *, batch_size: int, loading: Loading):
   """One pass over `split` in global batches of `batch_size` (the last one padded and masked)
   as a `device.DeviceBatches` iterator."""
-  import jax
-
-  from alexnet_jax.data import device
   dataset = pipeline.eval_dataset(
       split.source, split.transform, global_batch_size=batch_size,
       process_index=jax.process_index(), process_count=jax.process_count())

@@ -11,15 +11,35 @@ Checkpoints are read by alexnet_jax.checkpoint (`resolve`, `read_for_inference`)
 """
 
 from alexnet_jax.inference.attribution import (
-    grad_cam, occlusion_map, occlusion_starts, occlusion_to_pixels, saliency, upsample)
+    grad_cam,
+    occlusion_map,
+    occlusion_starts,
+    occlusion_to_pixels,
+    saliency,
+    upsample,
+)
 from alexnet_jax.inference.classify import find_images, predict_files, top_k
 from alexnet_jax.inference.filters import (
-    conv1_filter_grid, fitting_columns, grid_columns, tile, towers_of)
+    conv1_filter_grid,
+    fitting_columns,
+    grid_columns,
+    tile,
+    towers_of,
+)
 from alexnet_jax.inference.model import (
-    LoadedModel, load_model, load_model_from_torchvision, load_model_from_workdir)
+    LoadedModel,
+    load_model,
+    load_model_from_torchvision,
+    load_model_from_workdir,
+)
 from alexnet_jax.inference.preprocess import (
-    TORCHVISION_CROP, TORCHVISION_RESIZE, TORCHVISION_SOURCE, is_imagenet, load_image,
-    torchvision_preprocessing)
+    TORCHVISION_CROP,
+    TORCHVISION_RESIZE,
+    TORCHVISION_SOURCE,
+    is_imagenet,
+    load_image,
+    torchvision_preprocessing,
+)
 from alexnet_jax.inference.probe import AlexNetProbe, alexnet_head, resize_to_model
 
 __all__ = [

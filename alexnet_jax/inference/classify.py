@@ -8,6 +8,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from alexnet_jax.data import imagenet, transforms
 from alexnet_jax.errors import UserError
 from alexnet_jax.inference.model import LoadedModel
 
@@ -16,7 +17,6 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
   """The image files named, and those under the directories named (sorted, recursive; the
   suffixes of imagenet.IMAGE_SUFFIXES, hidden files skipped). UserError for a path that does
   not exist or when no image is found."""
-  from alexnet_jax.data import imagenet
   found = []
   for path in map(pathlib.Path, paths):
     if path.is_dir():
@@ -46,7 +46,6 @@ def predict_files(loaded: LoadedModel, files: Sequence[str | os.PathLike], *, k:
   or is over the large-image rule (data.transforms.MAX_IMAGE_PIXELS). 'path' is printable
   text (transforms.printable_name: bytes of a name that are not UTF-8 as escapes).
   Images go through the model in padded batches of `batch_size` (one compilation)."""
-  from alexnet_jax.data import transforms
   records: list[dict[str, Any] | None] = [None] * len(files)
   # Paths as printable text: a file name that is not UTF-8 shows its bytes as escapes.
   shown = [transforms.printable_name(path) for path in files]

@@ -16,9 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from alexnet_jax import checkpoint, models
+from alexnet_jax.data import imagenet
 from alexnet_jax.errors import UsageError, UserError
 from alexnet_jax.inference import preprocess
 from alexnet_jax.inference.probe import AlexNetProbe
+from alexnet_jax.transfer import convert
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -87,7 +90,6 @@ class LoadedModel:
 
 
 def _imagenet_names() -> tuple[str, ...]:
-  from alexnet_jax.data import imagenet
   return imagenet.class_names()
 
 
@@ -95,7 +97,6 @@ def load_model_from_workdir(workdir: str | os.PathLike, step: int | None = None)
   """The params, model and preprocessing of a checkpoint (latest unless `step`), read with
   checkpoint.read_for_inference. Raises UserError for a missing run, step or checkpoint, or a
   checkpoint that records no preprocessing."""
-  from alexnet_jax import checkpoint
   restored = checkpoint.read_for_inference(workdir, step)
   meta = restored.meta
   preprocessing = meta.get("preprocessing")
@@ -118,8 +119,6 @@ def load_model_from_torchvision(path: str | os.PathLike,
   """torchvision AlexNet weights (a state_dict .pth, read with convert.params_from_file) with
   torchvision's preprocessing at crop `image_size` (default 224). UserError for a file that is
   not AlexNet weights or cannot be read."""
-  from alexnet_jax import models
-  from alexnet_jax.transfer import convert
   image_size = image_size or preprocess.TORCHVISION_CROP
   model_config = models.model_preset("torchvision")
   model_config["image_size"] = image_size

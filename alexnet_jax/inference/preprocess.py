@@ -19,7 +19,9 @@ import os
 from typing import Any, Mapping
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
+from alexnet_jax import config_base
 from alexnet_jax.data import fashion_mnist, imagenet, pipeline, transforms
 from alexnet_jax.errors import UserError
 
@@ -34,7 +36,6 @@ def torchvision_preprocessing(image_size: int = TORCHVISION_CROP) -> dict[str, A
   """The preprocessing record of torchvision's AlexNet weights at crop `image_size` pixels:
   resize to `image_size * 256 / 224` (rounded), central crop, torchvision's mean/std (0-255
   units)."""
-  from alexnet_jax import config_base
   return {"source": TORCHVISION_SOURCE, "mean": list(config_base.TORCHVISION_MEAN_RGB),
           "std": list(config_base.TORCHVISION_STD_RGB), "image_size": int(image_size),
           "resize_size": round(image_size * TORCHVISION_RESIZE / TORCHVISION_CROP)}
@@ -61,7 +62,6 @@ def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return image
   if channels == 3:
     return np.repeat(image, 3, axis=-1)
-  from PIL import Image
   return np.asarray(Image.fromarray(image).convert("L"), np.uint8)[..., None]
 
 
@@ -97,7 +97,6 @@ def load_image(path: str | os.PathLike, preprocessing: Mapping[str, Any],
       raise UserError(f"The checkpoint's preprocessing source {source!r} is not one this "
                       "version reads images for.")
   except pipeline.SkippableRecordError as e:
-    from PIL import UnidentifiedImageError
     if isinstance(e.__cause__, UnidentifiedImageError):
       raise UserError(f"cannot decode image {key}: not a JPEG or PNG file.") from e
     raise UserError(str(e)) from e
