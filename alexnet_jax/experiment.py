@@ -78,17 +78,18 @@ class Experiment:
     compile overlaps the input pipeline's start-up and the model's initialization. Returns
     `wait()`, which gives the compiled step (same call as `train_step`), or `train_step`
     itself (compiled at its first call) if the background compile failed."""
-    state = self.sharded_abstract_state()
-    batch = self._abstract_batch(self.train_split, self.plan.global_batch, mask=False)
-    return _compile_in_background("train step", self.train_step, state, batch)
+    return _compile_in_background("train step", self.train_step, lambda: (
+        self.sharded_abstract_state(),
+        self._abstract_batch(self.train_split, self.plan.global_batch, mask=False)))
 
   def precompile_eval(self) -> None:
     """Compiles the eval step in the background, so the first evaluation does not pause for
     it (JAX reuses the compiled executable when the step is first called)."""
-    state = self.sharded_abstract_state()
-    batch = self._abstract_batch(self.eval_split, self.plan.eval_batch, mask=True)
-    _compile_in_background("eval step", self.eval_step, state["params"], state["batch_stats"],
-                           batch)
+    def args():
+      state = self.sharded_abstract_state()
+      return (state["params"], state["batch_stats"],
+              self._abstract_batch(self.eval_split, self.plan.eval_batch, mask=True))
+    _compile_in_background("eval step", self.eval_step, args)
 
   def train_batches(self, start_step: int = 0):
     """Global device batches of the training stream from `start_step` (data/device.py)."""
@@ -105,16 +106,18 @@ class Experiment:
                                  loading=self.loading)
 
 
-def _compile_in_background(what: str, jitted: Callable, *args) -> Callable[[], Callable]:
-  """Lowers and compiles `jitted` for the abstract `args` in a daemon thread. Returns
-  `wait()`: the compiled function, or `jitted` when the compile failed (logged: it is only an
-  optimization, the first call then compiles as usual)."""
+def _compile_in_background(what: str, jitted: Callable,
+                           abstract_args: Callable[[], tuple]) -> Callable[[], Callable]:
+  """Lowers and compiles `jitted` for the abstract arguments `abstract_args()` gives, in a
+  daemon thread. Returns `wait()`: the compiled function, or `jitted` when that failed (logged:
+  it is only an optimization, the first call then compiles as usual; e.g. the example the
+  batch's shapes come from is an unreadable file, which the loader will skip)."""
   result: dict[str, Callable] = {}
 
   def compile_now() -> None:
     started = time.time()
     try:
-      result["compiled"] = jitted.lower(*args).compile()
+      result["compiled"] = jitted.lower(*abstract_args()).compile()
       logging.info("The %s compiled in the background (%.1f s).", what, time.time() - started)
     except Exception as e:  # noqa: BLE001 - only an optimization
       logging.info("The %s was not compiled ahead (%s: %s); it compiles at its first call.",
