@@ -495,8 +495,8 @@ def main(argv) -> None:
 
 
 def pack(folder_dir: str, out_dir: str, resize_shorter: int, storage_format: str = "jpeg") -> str:
-  """The folder dataset written as a tfds ArrayRecord build by alexnet_jax.tools.prepare."""
-  from alexnet_jax.tools import prepare
+  """The folder dataset written as a tfds ArrayRecord build by alexnet_jax.data.prepare."""
+  from alexnet_jax.data import prepare
   started = time.perf_counter()
   shards = prepare.plan_folder(folder_dir, examples_per_shard=256)
   prepare.write_tfds_dataset(shards, out_dir, prepare.StoreOptions(resize_shorter,

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from tensorflow_datasets.proto import tf_example_pb2
 
-from alexnet_jax.data import fashion_mnist, imagenet, pipeline, raw, synthetic
-from alexnet_jax.tools import prepare
+from alexnet_jax.data import fashion_mnist, imagenet, pipeline, prepare, raw, synthetic
 
 try:  # tests/ on sys.path (pytest's default for a folder without __init__.py)
   import imagenet_fixtures as fx

@@ -21,8 +21,8 @@ import pytest
 from alexnet_jax import data as data_lib, sharding
 from alexnet_jax.errors import UserError
 from alexnet_jax.plan import make_plan
-from alexnet_jax.tools import prepare
-from alexnet_jax.data import imagenet, pipeline, transforms
+from alexnet_jax.data import imagenet, pipeline, prepare, transforms
+from alexnet_jax.data.prepare import storage
 
 try:  # tests/ on sys.path (pytest's default for a folder without __init__.py)
   import imagenet_fixtures as fx
@@ -397,7 +397,7 @@ def test_sources_and_transforms_pickle_for_grain_workers(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# tfds ArrayRecord builds written by alexnet_jax.tools.prepare (no TensorFlow)
+# tfds ArrayRecord builds written by alexnet_jax.data.prepare (no TensorFlow)
 
 
 def test_packed_folder_reads_back_through_tfds(tmp_path):
@@ -490,14 +490,14 @@ def test_prepare_names_a_source_that_does_not_exist(tmp_path):
 
 
 def test_prepare_keeps_small_jpegs_and_re_encodes_odd_ones():
-  options = prepare.StoreOptions(resize_shorter=20)
+  options = storage.StoreOptions(resize_shorter=20)
   small = fx.jpeg_bytes(18, 16)
-  assert prepare.stored_image(small, "small.JPEG", options) == small
+  assert storage.stored_image(small, "small.JPEG", options) == small
   cmyk = fx.jpeg_bytes(18, 16, "CMYK")
-  stored = Image.open(io.BytesIO(prepare.stored_image(cmyk, "cmyk.JPEG", options)))
+  stored = Image.open(io.BytesIO(storage.stored_image(cmyk, "cmyk.JPEG", options)))
   assert (stored.format, stored.mode, stored.size) == ("JPEG", "RGB", (18, 16))
   with pytest.raises(pipeline.SkippableRecordError, match="broken.JPEG"):
-    prepare.stored_image(fx.truncated_jpeg(), "broken.JPEG", options)
+    storage.stored_image(fx.truncated_jpeg(), "broken.JPEG", options)
 
 
 def test_empty_data_dir_means_the_tfds_default_location(tmp_path, monkeypatch):

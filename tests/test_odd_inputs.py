@@ -142,16 +142,16 @@ def test_over_the_rule_is_a_counted_skip_naming_the_file(decoder, caplog):
 
 
 def test_prepare_resizes_a_big_jpeg_and_skips_a_huge_one(big_jpeg):
-  from alexnet_jax.tools import prepare
+  from alexnet_jax.data.prepare import storage
   for decoder in ("pillow", "simplejpeg"):
-    options = prepare.StoreOptions(resize_shorter=256, decoder=decoder)
-    stored = Image.open(io.BytesIO(prepare.stored_image(big_jpeg, "big.JPEG", options)))
+    options = storage.StoreOptions(resize_shorter=256, decoder=decoder)
+    stored = Image.open(io.BytesIO(storage.stored_image(big_jpeg, "big.JPEG", options)))
     assert stored.size == (365, 256)
-    raw = prepare.StoreOptions(format="raw", decoder=decoder)
-    assert len(prepare.stored_image(big_jpeg, "big.JPEG", raw)) == 256 * 256 * 3
+    raw = storage.StoreOptions(format="raw", decoder=decoder)
+    assert len(storage.stored_image(big_jpeg, "big.JPEG", raw)) == 256 * 256 * 3
     for options in (options, raw):
       with pytest.raises(transforms.ImageTooLargeError, match="huge.JPEG is 20000x14000"):
-        prepare.stored_image(huge_jpeg(), "huge.JPEG", options)
+        storage.stored_image(huge_jpeg(), "huge.JPEG", options)
 
 
 # --------------------------------------------------------------------------------------------

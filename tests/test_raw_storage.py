@@ -16,9 +16,9 @@ from PIL import Image
 import pytest
 
 from alexnet_jax import data as data_lib, sharding
-from alexnet_jax.data import imagenet, pipeline, raw, transforms
+from alexnet_jax.data import imagenet, pipeline, prepare, raw, transforms
+from alexnet_jax.data.prepare import finish
 from alexnet_jax.errors import UserError
-from alexnet_jax.tools import prepare
 
 try:  # tests/ on sys.path (pytest's default for a folder without __init__.py)
   import imagenet_fixtures as fx
@@ -180,7 +180,7 @@ def test_an_interrupted_prepare_leaves_no_build_a_run_could_read(tmp_path, monke
   def fail(*args, **kwargs):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(prepare, "finish_dataset", fail)
+  monkeypatch.setattr(finish, "finish_dataset", fail)
   with pytest.raises(KeyboardInterrupt):
     prepare.write_tfds_dataset(prepare.plan_folder(str(folder), 5), str(out),
                                prepare.StoreOptions(format="raw"), progress=False)
