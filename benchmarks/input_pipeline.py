@@ -416,7 +416,7 @@ def compare_decode(config, folder_dir: str, tmp: str, description: dict) -> None
   """Packs `folder_dir` twice (JPEG at shorter side 256, raw 256x256) and measures, in one run,
   the pipeline against bare decode of the same stored bytes (JPEG) and against bare reads of
   the records (raw), alternating batch by batch (`interleaved`)."""
-  from alexnet_jax.data import transforms
+  from alexnet_jax.data import decode
   jpeg_dir = pack(folder_dir, str(pathlib.Path(tmp) / "jpeg256"), 256)
   raw_dir = pack(folder_dir, str(pathlib.Path(tmp) / "raw"), 0, storage_format="raw")
   images = stored_train_images(jpeg_dir)
@@ -424,7 +424,7 @@ def compare_decode(config, folder_dir: str, tmp: str, description: dict) -> None
             "batch_size": config.batch_size, "train_transform": config.data.train_transform,
             "mean_stored_jpeg_bytes": round(float(np.mean([len(b) for b in images]))),
             "note": FLAGS.note, "machine": machine()}
-  decoders = ["pillow"] + (["simplejpeg"] if transforms.simplejpeg is not None else [])
+  decoders = ["pillow"] + (["simplejpeg"] if decode.simplejpeg is not None else [])
   config.data.source = "tfds"
   for decoder in decoders:
     config.data.data_dir = jpeg_dir

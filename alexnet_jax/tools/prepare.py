@@ -34,7 +34,7 @@ from typing import Sequence
 
 from absl import flags
 
-from alexnet_jax.data import imagenet, prepare, raw, transforms
+from alexnet_jax.data import decode, imagenet, prepare, raw
 from alexnet_jax.errors import UsageError, UserError
 from alexnet_jax.tools import cli
 
@@ -53,7 +53,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("resize_shorter", 0,
                        "Store images resized to this shorter side (256 is the paper's); 0 keeps "
                        "the original files (jpeg) or means 256 (raw).")
-  flags.DEFINE_enum("jpeg_decoder", "auto", list(transforms.DECODERS),
+  flags.DEFINE_enum("jpeg_decoder", "auto", list(decode.DECODERS),
                     "JPEG decoder for resizing (see data.jpeg_decoder).")
   flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of re-encoded images.")
   flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")

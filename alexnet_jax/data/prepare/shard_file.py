@@ -13,7 +13,7 @@ import os
 import signal
 from typing import Any
 
-from alexnet_jax.data import imagenet, pipeline, transforms
+from alexnet_jax.data import decode, imagenet, pipeline
 from alexnet_jax.data.prepare import stop, storage
 from alexnet_jax.data.prepare.sources import Shard
 
@@ -126,7 +126,7 @@ def write_shard(shard: Shard, data_dir: str, out_dir: str,
       if pending >= _PROGRESS_EVERY:
         count_progress(pending)
         pending = 0
-      name = transforms.printable_name(item.file_name)  # for the log and the skipped list
+      name = decode.printable_name(item.file_name)  # for the log and the skipped list
       try:
         image = storage.stored_image(item.read(), name, options)
       except (OSError, pipeline.SkippableRecordError) as e:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 
-from alexnet_jax.data import raw, transforms
+from alexnet_jax.data import crops, decode, raw
 from alexnet_jax.errors import UserError
 
 # The --format values: encoded images, or the paper's raw pixels (data/raw.py).
@@ -40,25 +40,25 @@ def stored_image(data: bytes, key: str, options: StoreOptions) -> bytes:
   """
   if options.format == raw.FORMAT:
     return raw.centre_square(data, key, options.raw_side,
-                             transforms.resolve_decoder(options.decoder))
+                             decode.resolve_decoder(options.decoder))
   if options.resize_shorter <= 0:
     return data
   target = options.resize_shorter
 
-  def whole_image(width: int, height: int) -> transforms.Box:
+  def whole_image(width: int, height: int) -> crops.Box:
     return (0, 0, width, height)
 
-  header = transforms.open_header(data, key)
+  header = decode.open_header(data, key)
   width, height = header.size
   if min(width, height) <= target:
     if header.format == "JPEG" and header.mode in ("RGB", "L"):
-      transforms.decode_rgb(data, key)  # still refuse broken files
+      decode.decode_rgb(data, key)  # still refuse broken files
       return data
-    image = transforms.decode_rgb(data, key)
+    image = decode.decode_rgb(data, key)
   else:
-    out_size = transforms.resized_size(width, height, target)
-    image = transforms.decode_region(data, key, whole_image, out_size, use_draft=True,
-                                     decoder=transforms.resolve_decoder(options.decoder))
+    out_size = crops.resized_size(width, height, target)
+    image = decode.decode_region(data, key, whole_image, out_size, use_draft=True,
+                                 decoder=decode.resolve_decoder(options.decoder))
   buffer = io.BytesIO()
   image.save(buffer, format="JPEG", quality=options.jpeg_quality)
   return buffer.getvalue()
@@ -70,5 +70,5 @@ def check_options(options: StoreOptions) -> None:
     raise UserError(f"--format={options.format!r} is not one of {', '.join(FORMATS)}.")
   if options.format == raw.FORMAT and options.raw_side <= 0:
     raise UserError(f"raw storage needs a positive side, got {options.raw_side}.")
-  transforms.resolve_decoder(options.decoder)
+  decode.resolve_decoder(options.decoder)
 
