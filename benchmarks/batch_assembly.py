@@ -16,7 +16,7 @@ process with the config's loader threads, batch 128): images per busy core, the 
 (`git archive`) and the working tree alternating run by run, each in its own process.
 
 This process keeps glibc's default allocator settings, as a GPU trainer's does (pass
---keep_freed_memory for a Grain worker's), and freezes garbage collection as `pipeline.loaded`
+--keep_freed_memory for a Grain worker's), and freezes garbage collection as `loading.loaded`
 does. Prints one JSON line per case (also appended to --out) with the ranges over rounds, the
 load average before and after, and the machine.
 """
@@ -262,9 +262,9 @@ def main(argv) -> None:
   if _KEEP_FREED.value:
     from alexnet_jax.runtime import host_memory
     host_memory.keep_freed_memory()
-  from alexnet_jax.data import pipeline
+  from alexnet_jax.data import loading
   old = old_pipeline(_BASELINE.value)
-  pipeline.freeze_gc()
+  loading.freeze_gc()
   common = {"benchmark": "batch_assembly", "date": datetime.date.today().isoformat(),
             "baseline": _BASELINE.value, "keep_freed_memory": _KEEP_FREED.value,
             "note": _NOTE.value, "machine": machine()}

@@ -11,7 +11,7 @@
   python benchmarks/input_pipeline.py --config=configs/imagenet.py --worker_sweep ...
 
 Prints one JSON line per worker count with `images_per_sec` (batches of
-`config.batch_size` from `alexnet_jax.data.open_split` + `pipeline.to_iterator`, after
+`config.batch_size` from `alexnet_jax.data.open_split` + `loading.to_iterator`, after
 warm-up batches that absorb worker start-up). Without --data_dir it first writes its own
 ImageNet-like folder dataset of JPEGs (default 500x375, quality 90, ~100 KB like the average
 ImageNet file) in a temporary folder; `--storage=arrayrecord` then packs it with
@@ -257,14 +257,14 @@ def machine() -> dict:
 def measure(config, num_workers: int, num_batches: int, warmup_batches: int) -> dict:
   """Steady-state images/s of the training iterator, and the CPU it and others used."""
   from alexnet_jax import data as data_lib
-  from alexnet_jax.data import pipeline
+  from alexnet_jax.data import loading, pipeline
   if warmup_batches < 0:
     warmup_batches = max(num_workers, 1) * max(1, config.data.prefetch_batches) + 1
   split = data_lib.open_split(config, "train")
   dataset = pipeline.train_dataset(split.source, split.transform, seed=config.seed,
                                    global_batch_size=config.batch_size)
-  iterator = pipeline.to_iterator(dataset, num_workers=num_workers,
-                                  prefetch_batches=config.data.prefetch_batches)
+  iterator = loading.to_iterator(dataset, num_workers=num_workers,
+                                 prefetch_batches=config.data.prefetch_batches)
   started = time.perf_counter()
   for _ in range(warmup_batches):
     next(iterator)
@@ -353,11 +353,11 @@ def interleaved(config, reference, num_batches: int) -> dict:
   the ratio honest on a shared VM whose cores speed up and slow down by 20-40% over seconds
   (measured here: three 3-second rounds of the same comparison gave 0.59, 0.76 and 1.03)."""
   from alexnet_jax import data as data_lib
-  from alexnet_jax.data import pipeline
+  from alexnet_jax.data import loading, pipeline
   split = data_lib.open_split(config, "train")
   dataset = pipeline.train_dataset(split.source, split.transform, seed=config.seed,
                                    global_batch_size=config.batch_size)
-  iterator = pipeline.to_iterator(dataset, num_workers=0, prefetch_batches=0)
+  iterator = loading.to_iterator(dataset, num_workers=0, prefetch_batches=0)
   for index in range(2):  # warm-up: first batch, caches
     next(iterator)
     reference(index, config.batch_size)
@@ -416,7 +416,7 @@ def compare_decode(config, folder_dir: str, tmp: str, description: dict) -> None
   """Packs `folder_dir` twice (JPEG at shorter side 256, raw 256x256) and measures, in one run,
   the pipeline against bare decode of the same stored bytes (JPEG) and against bare reads of
   the records (raw), alternating batch by batch (`interleaved`)."""
-  from alexnet_jax.data import transforms
+  from alexnet_jax.data import decode
   jpeg_dir = pack(folder_dir, str(pathlib.Path(tmp) / "jpeg256"), 256)
   raw_dir = pack(folder_dir, str(pathlib.Path(tmp) / "raw"), 0, storage_format="raw")
   images = stored_train_images(jpeg_dir)
@@ -424,7 +424,7 @@ def compare_decode(config, folder_dir: str, tmp: str, description: dict) -> None
             "batch_size": config.batch_size, "train_transform": config.data.train_transform,
             "mean_stored_jpeg_bytes": round(float(np.mean([len(b) for b in images]))),
             "note": FLAGS.note, "machine": machine()}
-  decoders = ["pillow"] + (["simplejpeg"] if transforms.simplejpeg is not None else [])
+  decoders = ["pillow"] + (["simplejpeg"] if decode.simplejpeg is not None else [])
   config.data.source = "tfds"
   for decoder in decoders:
     config.data.data_dir = jpeg_dir
@@ -451,8 +451,8 @@ def compare_decode(config, folder_dir: str, tmp: str, description: dict) -> None
 
 def main(argv) -> None:
   del argv
-  # This process loads batches as a Grain worker does (data/pipeline.py: init_worker), with
-  # the same allocator setting; garbage collection is frozen by pipeline.to_iterator.
+  # This process loads batches as a Grain worker does (data/loading.py: init_worker), with
+  # the same allocator setting; garbage collection is frozen by loading.to_iterator.
   from alexnet_jax.runtime import host_memory
   host_memory.keep_freed_memory()
   config = _CONFIG.value
@@ -495,8 +495,8 @@ def main(argv) -> None:
 
 
 def pack(folder_dir: str, out_dir: str, resize_shorter: int, storage_format: str = "jpeg") -> str:
-  """The folder dataset written as a tfds ArrayRecord build by alexnet_jax.tools.prepare."""
-  from alexnet_jax.tools import prepare
+  """The folder dataset written as a tfds ArrayRecord build by alexnet_jax.data.prepare."""
+  from alexnet_jax.data import prepare
   started = time.perf_counter()
   shards = prepare.plan_folder(folder_dir, examples_per_shard=256)
   prepare.write_tfds_dataset(shards, out_dir, prepare.StoreOptions(resize_shorter,

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from tensorflow_datasets.proto import tf_example_pb2
 
-from alexnet_jax.data import fashion_mnist, imagenet, pipeline, raw, synthetic
-from alexnet_jax.tools import prepare
+from alexnet_jax.data import fashion_mnist, imagenet, pipeline, prepare, raw, synthetic
 
 try:  # tests/ on sys.path (pytest's default for a folder without __init__.py)
   import imagenet_fixtures as fx
@@ -199,13 +198,13 @@ def test_the_wire_parse_leaves_everything_else_to_the_full_parse(data):
 
 
 def test_paper_offsets_of_rows_equal_paper_offsets_row_by_row():
-  from alexnet_jax.data import transforms
+  from alexnet_jax.data import crops
   u = np.random.default_rng(0).random((500, 2))
   u[:4] = [[0.0, 0.999999999999], [0.5, 0.25], [1 - 2 ** -53, 0.0], [0.1, 0.9]]
   for square, crop in ((256, 224), (256, 227), (256, 256), (40, 16)):
-    dx, dy = transforms.paper_offsets_of_rows(u, square, crop)
+    dx, dy = crops.paper_offsets_of_rows(u, square, crop)
     assert [(int(a), int(b)) for a, b in zip(dx, dy)] == [
-        transforms.paper_offsets(row, square, crop) for row in u]
+        crops.paper_offsets(row, square, crop) for row in u]
 
 
 def test_a_kept_batch_is_never_written_again_and_a_dropped_one_is_reused():

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from alexnet_jax.tools import prepare
+from alexnet_jax.data import prepare
 from tests import imagenet_fixtures as fx
 from tests.helpers import eval_records, read_metrics, run_main
 

@@ -21,8 +21,8 @@ import pytest
 from alexnet_jax import data as data_lib, sharding
 from alexnet_jax.errors import UserError
 from alexnet_jax.plan import make_plan
-from alexnet_jax.tools import prepare
-from alexnet_jax.data import imagenet, pipeline, transforms
+from alexnet_jax.data import crops, decode, imagenet, pipeline, prepare, transforms
+from alexnet_jax.data.prepare import storage
 
 try:  # tests/ on sys.path (pytest's default for a folder without __init__.py)
   import imagenet_fixtures as fx
@@ -192,7 +192,7 @@ def test_corrupt_images_are_skippable_and_named(kind, transform):
 def test_jpeg_missing_only_its_end_marker_is_refused():
   data = fx.jpeg_bytes(64, 48)[:-2]
   with pytest.raises(pipeline.SkippableRecordError, match="truncated"):
-    transforms.decode_rgb(data, "x.JPEG")
+    decode.decode_rgb(data, "x.JPEG")
 
 
 def test_draft_mode_decodes_large_jpegs_at_reduced_scale(monkeypatch):
@@ -235,7 +235,7 @@ def test_paper_crop_equals_resize_then_centre_then_random_crop():
     u = uniforms(seed)
     out = transform(record(data), u)["image"]
     dx, dy = int(u[0] * 9), int(u[1] * 9)  # 40 - 32 + 1 offsets, horizontal then vertical
-    resized = np.asarray(image.resize((53, 40), transforms.RESAMPLE))  # shorter side 40
+    resized = np.asarray(image.resize((53, 40), decode.RESAMPLE))  # shorter side 40
     square = resized[:, 6:46]  # central 40x40 (torchvision rounding)
     expected = square[dy:dy + 32, dx:dx + 32]
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
@@ -246,20 +246,20 @@ def test_pre_resized_images_are_cropped_without_resampling():
   transform = transforms.PaperTrainTransform(16, 20)
   outs = {transform(record(data), uniforms(s))["image"].tobytes() for s in range(60)}
   square = pixels[3:23]  # central 20x20 of 26 rows
-  crops = {square[y:y + 16, x:x + 16].tobytes() for y in range(5) for x in range(5)}
-  assert outs <= crops and len(outs) > 15
+  expected = {square[y:y + 16, x:x + 16].tobytes() for y in range(5) for x in range(5)}
+  assert outs <= expected and len(outs) > 15
 
 
 def test_uniform_int_covers_every_value_and_never_the_count():
-  assert transforms.uniform_int(0.0, 33) == 0
-  assert transforms.uniform_int(np.nextafter(1.0, 0.0), 33) == 32
-  values = {transforms.uniform_int(u, 5) for u in np.random.default_rng(0).random(200)}
+  assert crops.uniform_int(0.0, 33) == 0
+  assert crops.uniform_int(np.nextafter(1.0, 0.0), 33) == 32
+  values = {crops.uniform_int(u, 5) for u in np.random.default_rng(0).random(200)}
   assert values == set(range(5))
 
 
 def test_inception_crop_boxes_follow_torchvision_bounds():
   for seed in range(500):
-    left, top, right, bottom = transforms.inception_crop_box(500, 375, uniforms(seed))
+    left, top, right, bottom = crops.inception_crop_box(500, 375, uniforms(seed))
     w, h = right - left, bottom - top
     assert 0 <= left and 0 <= top and right <= 500 and bottom <= 375
     assert 0.08 * 0.95 <= w * h / (500 * 375) <= 1.0
@@ -268,7 +268,7 @@ def test_inception_crop_boxes_follow_torchvision_bounds():
 
 def test_inception_crop_falls_back_to_a_central_crop():
   # No crop of ratio 3/4..4/3 with 8% of the area fits a 1000x10 strip.
-  box = transforms.inception_crop_box(1000, 10, uniforms(0))
+  box = crops.inception_crop_box(1000, 10, uniforms(0))
   assert box == (493, 0, 506, 10)  # width round(10 * 4/3) = 13, centred
   out = transforms.InceptionTrainTransform(16)(record(fx.jpeg_bytes(60, 30)), uniforms(0))
   assert out["image"].shape == (16, 16, 3)
@@ -397,7 +397,7 @@ def test_sources_and_transforms_pickle_for_grain_workers(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# tfds ArrayRecord builds written by alexnet_jax.tools.prepare (no TensorFlow)
+# tfds ArrayRecord builds written by alexnet_jax.data.prepare (no TensorFlow)
 
 
 def test_packed_folder_reads_back_through_tfds(tmp_path):
@@ -490,14 +490,14 @@ def test_prepare_names_a_source_that_does_not_exist(tmp_path):
 
 
 def test_prepare_keeps_small_jpegs_and_re_encodes_odd_ones():
-  options = prepare.StoreOptions(resize_shorter=20)
+  options = storage.StoreOptions(resize_shorter=20)
   small = fx.jpeg_bytes(18, 16)
-  assert prepare.stored_image(small, "small.JPEG", options) == small
+  assert storage.stored_image(small, "small.JPEG", options) == small
   cmyk = fx.jpeg_bytes(18, 16, "CMYK")
-  stored = Image.open(io.BytesIO(prepare.stored_image(cmyk, "cmyk.JPEG", options)))
+  stored = Image.open(io.BytesIO(storage.stored_image(cmyk, "cmyk.JPEG", options)))
   assert (stored.format, stored.mode, stored.size) == ("JPEG", "RGB", (18, 16))
   with pytest.raises(pipeline.SkippableRecordError, match="broken.JPEG"):
-    prepare.stored_image(fx.truncated_jpeg(), "broken.JPEG", options)
+    storage.stored_image(fx.truncated_jpeg(), "broken.JPEG", options)
 
 
 def test_empty_data_dir_means_the_tfds_default_location(tmp_path, monkeypatch):
@@ -516,7 +516,7 @@ def test_sixteen_bit_grey_png_is_scaled_not_clipped():
   buffer = io.BytesIO()
   Image.fromarray(ramp).save(buffer, format="PNG")
   assert Image.open(io.BytesIO(buffer.getvalue())).mode == "I;16"
-  rgb = np.asarray(transforms.decode_rgb(buffer.getvalue(), "ramp.png"))
+  rgb = np.asarray(decode.decode_rgb(buffer.getvalue(), "ramp.png"))
   assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
   np.testing.assert_allclose(rgb[..., 0], ramp / 257.0, atol=0.51)
 

@@ -1,5 +1,5 @@
 """Issue 19's inputs, as a user meets them: file names that are not UTF-8, very large images
-(the one large-image rule of data/transforms.py), and skip lines that name the file.
+(the one large-image rule of data/decode.py), and skip lines that name the file.
 
 The command-line tests share one folder tree and one training run (module fixtures), so the
 whole file runs main, prepare and predict once each.
@@ -21,7 +21,7 @@ import pytest
 import simplejpeg
 
 from alexnet_jax import inference
-from alexnet_jax.data import imagenet, pipeline, records, transforms
+from alexnet_jax.data import decode, imagenet, pipeline, records, transforms
 from alexnet_jax.errors import UserError
 
 try:  # tests/ on sys.path (pytest's default for a folder without __init__.py)
@@ -88,9 +88,9 @@ def child(folder: pathlib.Path, name: bytes) -> bytes:
 
 
 def test_the_rule_is_a_pixel_count():
-  transforms.check_image_size(16384, 16384, "x")  # exactly 2**28
-  with pytest.raises(transforms.ImageTooLargeError, match="x is 16385x16384 pixels"):
-    transforms.check_image_size(16385, 16384, "x")
+  decode.check_image_size(16384, 16384, "x")  # exactly 2**28
+  with pytest.raises(decode.ImageTooLargeError, match="x is 16385x16384 pixels"):
+    decode.check_image_size(16385, 16384, "x")
 
 
 def test_both_decoders_take_a_16000x11200_jpeg_at_reduced_scale(big_jpeg, monkeypatch):
@@ -103,13 +103,13 @@ def test_both_decoders_take_a_16000x11200_jpeg_at_reduced_scale(big_jpeg, monkey
     scales.append(self.decoderconfig[0])
     return result
 
-  def decode(*args, **kwargs):
+  def counting_decode(*args, **kwargs):
     array = original_decode(*args, **kwargs)
     shapes.append(array.shape)
     return array
 
   monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", draft)
-  monkeypatch.setattr(simplejpeg, "decode_jpeg", decode)
+  monkeypatch.setattr(simplejpeg, "decode_jpeg", counting_decode)
   u = np.array([0.3, 0.8])
   out = {}
   for decoder in ("pillow", "simplejpeg"):
@@ -142,16 +142,16 @@ def test_over_the_rule_is_a_counted_skip_naming_the_file(decoder, caplog):
 
 
 def test_prepare_resizes_a_big_jpeg_and_skips_a_huge_one(big_jpeg):
-  from alexnet_jax.tools import prepare
+  from alexnet_jax.data.prepare import storage
   for decoder in ("pillow", "simplejpeg"):
-    options = prepare.StoreOptions(resize_shorter=256, decoder=decoder)
-    stored = Image.open(io.BytesIO(prepare.stored_image(big_jpeg, "big.JPEG", options)))
+    options = storage.StoreOptions(resize_shorter=256, decoder=decoder)
+    stored = Image.open(io.BytesIO(storage.stored_image(big_jpeg, "big.JPEG", options)))
     assert stored.size == (365, 256)
-    raw = prepare.StoreOptions(format="raw", decoder=decoder)
-    assert len(prepare.stored_image(big_jpeg, "big.JPEG", raw)) == 256 * 256 * 3
+    raw = storage.StoreOptions(format="raw", decoder=decoder)
+    assert len(storage.stored_image(big_jpeg, "big.JPEG", raw)) == 256 * 256 * 3
     for options in (options, raw):
-      with pytest.raises(transforms.ImageTooLargeError, match="huge.JPEG is 20000x14000"):
-        prepare.stored_image(huge_jpeg(), "huge.JPEG", options)
+      with pytest.raises(decode.ImageTooLargeError, match="huge.JPEG is 20000x14000"):
+        storage.stored_image(huge_jpeg(), "huge.JPEG", options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ def test_predict_reads_odd_names_and_refuses_a_huge_image_in_one_sentence(odd_ru
   stdout, stderr = result.stdout.decode(), result.stderr.decode()
   assert result.returncode == 1, stderr[-3000:]  # one file could not be used
   lines = stdout.splitlines()
-  at = lines.index(transforms.printable_name(cafe))  # the path, its odd byte escaped
+  at = lines.index(decode.printable_name(cafe))  # the path, its odd byte escaped
   assert lines[at].endswith(f"n01440764/{CAFE_SHOWN}") and lines[at + 1].startswith("  1. ")
   assert f"  error: image {huge} is 20000x14000 pixels (280 megapixels), more than the 268 " \
          "megapixels alexnet_jax decodes (its large-image rule, docs/data.md); shrink the " \

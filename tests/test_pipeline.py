@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from alexnet_jax.data import pipeline
+from alexnet_jax.data import loading, pipeline
 from alexnet_jax.data.fashion_mnist import REPO_COPY, load_split
 
 
@@ -35,7 +35,7 @@ noisy = Noisy()
 
 
 def _take(ds, count):
-  it = pipeline.to_iterator(ds, num_workers=0, prefetch_batches=1)
+  it = loading.to_iterator(ds, num_workers=0, prefetch_batches=1)
   return [next(it) for _ in range(count)]
 
 
@@ -59,12 +59,12 @@ def test_each_epoch_is_a_new_permutation_of_all_examples():
 
 def test_iterator_state_resumes_at_the_same_batch():
   ds = pipeline.train_dataset(Numbers(50), noisy, seed=1, global_batch_size=4)
-  it = pipeline.to_iterator(ds, num_workers=0, prefetch_batches=1)
+  it = loading.to_iterator(ds, num_workers=0, prefetch_batches=1)
   for _ in range(3):
     next(it)
   saved = it.get_state()
   expected = [next(it) for _ in range(3)]
-  resumed = pipeline.to_iterator(ds, num_workers=0, prefetch_batches=1)
+  resumed = loading.to_iterator(ds, num_workers=0, prefetch_batches=1)
   resumed.set_state(saved)
   for want in expected:
     np.testing.assert_array_equal(next(resumed)["image"], want["image"])

@@ -14,8 +14,8 @@ import time
 import psutil
 import pytest
 
-from alexnet_jax.data import imagenet, records
-from alexnet_jax.tools import prepare
+from alexnet_jax.data import imagenet, prepare, records
+from alexnet_jax.data.prepare import storage
 from tests import imagenet_fixtures as fx
 
 ENV = {**os.environ, "PYTHONPATH": str(fx.REPO)}
@@ -24,12 +24,13 @@ ENV = {**os.environ, "PYTHONPATH": str(fx.REPO)}
 # so they run the patch too.
 SLOW_PREPARE = """
 import time
+from alexnet_jax.data.prepare import storage
 from alexnet_jax.tools import prepare
-_stored_image = prepare.stored_image
+_stored_image = storage.stored_image
 def slow_stored_image(*args, **kwargs):
   time.sleep(0.05)
   return _stored_image(*args, **kwargs)
-prepare.stored_image = slow_stored_image
+storage.stored_image = slow_stored_image
 if __name__ == "__main__":
   prepare.run()
 """
@@ -129,7 +130,7 @@ def test_ctrl_c_stops_within_seconds_and_a_rerun_resumes(tmp_path):
 def _interrupt_at(monkeypatch, image_number):
   """stored_image sends this process a SIGINT at its `image_number`-th image."""
   calls = []
-  original = prepare.stored_image
+  original = storage.stored_image
 
   def interrupting(*args, **kwargs):
     calls.append(1)
@@ -137,7 +138,7 @@ def _interrupt_at(monkeypatch, image_number):
       os.kill(os.getpid(), signal.SIGINT)
     return original(*args, **kwargs)
 
-  monkeypatch.setattr(prepare, "stored_image", interrupting)
+  monkeypatch.setattr(storage, "stored_image", interrupting)
 
 
 def test_resume_checks_each_shard_and_other_options_start_over(tmp_path, monkeypatch, caplog):

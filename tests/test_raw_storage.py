@@ -16,9 +16,9 @@ from PIL import Image
 import pytest
 
 from alexnet_jax import data as data_lib, sharding
-from alexnet_jax.data import imagenet, pipeline, raw, transforms
+from alexnet_jax.data import crops, decode, imagenet, pipeline, prepare, raw, transforms
+from alexnet_jax.data.prepare import finish
 from alexnet_jax.errors import UserError
-from alexnet_jax.tools import prepare
 
 try:  # tests/ on sys.path (pytest's default for a folder without __init__.py)
   import imagenet_fixtures as fx
@@ -27,7 +27,7 @@ except ImportError:  # tests/ as a package
 
 flags.FLAGS.mark_as_parsed()  # Grain reads absl flags.
 
-needs_simplejpeg = pytest.mark.skipif(transforms.simplejpeg is None,
+needs_simplejpeg = pytest.mark.skipif(decode.simplejpeg is None,
                                       reason="simplejpeg is not installed")
 
 
@@ -62,8 +62,8 @@ def test_raw_build_records_its_format_and_stores_the_central_square(tmp_path):
   assert len(record["image"]) == 196_608
   # The stored square is what the JPEG path's resize + centre crop gives.
   original = (folder / "train" / "n01440764" / record["file_name"].decode()).read_bytes()
-  expected = np.asarray(transforms.decode_region(
-      original, "x", lambda w, h: transforms.centre_crop_box(w, h, 256, 256), (256, 256)))
+  expected = np.asarray(decode.decode_region(
+      original, "x", lambda w, h: crops.centre_crop_box(w, h, 256, 256), (256, 256)))
   np.testing.assert_array_equal(raw.pixels(record), expected)
 
 
@@ -119,7 +119,7 @@ def test_raw_train_transform_draws_like_the_jpeg_paper_transform():
   centre = raw.RawCentreCropTransform(32)({"image": pixels.tobytes(), "label": 1}, None)
   np.testing.assert_array_equal(centre["image"], pixels[112:144, 112:144])
   ten = raw.RawTenCropTransform(32)({"image": pixels.tobytes(), "label": 1}, None)
-  np.testing.assert_array_equal(ten["image"], transforms.ten_crops(pixels, 32))
+  np.testing.assert_array_equal(ten["image"], crops.ten_crops(pixels, 32))
 
 
 def test_inception_on_raw_storage_is_one_clear_error(tmp_path):
@@ -180,7 +180,7 @@ def test_an_interrupted_prepare_leaves_no_build_a_run_could_read(tmp_path, monke
   def fail(*args, **kwargs):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(prepare, "finish_dataset", fail)
+  monkeypatch.setattr(finish, "finish_dataset", fail)
   with pytest.raises(KeyboardInterrupt):
     prepare.write_tfds_dataset(prepare.plan_folder(str(folder), 5), str(out),
                                prepare.StoreOptions(format="raw"), progress=False)
@@ -223,11 +223,11 @@ def test_progress_log_counts_each_split_on_its_own(tmp_path, caplog):
 
 def _both(data: bytes, out_size=(24, 24), box=None, use_draft=True):
   side = out_size[0]
-  choose = lambda w, h: box or transforms.centre_crop_box(w, h, side + 4, side)
+  choose = lambda w, h: box or crops.centre_crop_box(w, h, side + 4, side)
   results = []
   for decoder in ("pillow", "simplejpeg"):
     try:
-      results.append(np.asarray(transforms.decode_region_array(
+      results.append(np.asarray(decode.decode_region_array(
           data, "f.JPEG", choose, out_size, use_draft, decoder)))
     except pipeline.SkippableRecordError as e:
       results.append(type(e))
@@ -254,7 +254,7 @@ def test_simplejpeg_sixteen_bit_grey_and_missing_end_marker_match_pillow():
   png16 = fx.encode(Image.fromarray(wide), fmt="PNG")
   pillow, fast = _both(png16)
   np.testing.assert_array_equal(pillow, fast)
-  assert pillow.max() > 200  # scaled, not clipped to white (transforms.wide_grey_to_l)
+  assert pillow.max() > 200  # scaled, not clipped to white (decode.wide_grey_to_l)
   no_end = fx.jpeg_bytes(40, 30, seed=9)[:-2]
   assert _both(no_end) == [pipeline.SkippableRecordError] * 2
 
@@ -285,6 +285,6 @@ def test_skips_through_the_fast_decoder_are_counted_as_today(tmp_path):
 
 def test_unknown_decoder_is_a_user_error():
   with pytest.raises(UserError, match="jpeg_decoder='turbo'"):
-    transforms.resolve_decoder("turbo")
-  expected = "simplejpeg" if transforms.simplejpeg is not None else "pillow"
-  assert transforms.resolve_decoder("auto") == expected
+    decode.resolve_decoder("turbo")
+  expected = "simplejpeg" if decode.simplejpeg is not None else "pillow"
+  assert decode.resolve_decoder("auto") == expected

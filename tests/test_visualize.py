@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from alexnet_jax.inference import figures
 from alexnet_jax.tools import cli, visualize
 
 try:  # tests/ on sys.path (pytest's default): the same module, so one shared run per session
@@ -23,8 +24,8 @@ def visualize_main(args) -> int:
 
 
 def expected_size(picture: str) -> tuple[int, int]:
-  width, height = visualize.FIGSIZE[picture]
-  return round(width * visualize.DPI), round(height * visualize.DPI)
+  width, height = figures.FIGSIZE[picture]
+  return round(width * figures.DPI), round(height * figures.DPI)
 
 
 def assert_picture(path, picture: str) -> None:
@@ -82,12 +83,12 @@ def test_pictures_of_a_checkpoint(run, image, tmp_path, capsys, picture, extra):
 
 def test_activations_title_names_the_class(run, image, tmp_path, monkeypatch):
   titles = []
-  real_save = visualize.save
+  real_save = figures.save
 
   def save(fig, path):
     titles.append(fig._suptitle.get_text())
     return real_save(fig, path)
-  monkeypatch.setattr(visualize, "save", save)
+  monkeypatch.setattr(figures, "save", save)
   assert visualize_main(["activations", f"--workdir={run}", f"--out={tmp_path / 'a.png'}",
                          "--layer=pool1", "--max_channels=4", str(image)]) == 0
   assert "\nclass: " in titles[0] and "(top class, p=" in titles[0]
@@ -100,24 +101,24 @@ def test_curves_go_to_the_run_folder_by_default(run, capsys):
 
 def test_filters_of_the_paper_variant_show_two_towers(tmp_path):
   kernel = np.random.default_rng(0).normal(size=(11, 11, 3, 96))
-  fig = visualize.filters_figure(kernel, "paper", "paper variant")
+  fig = figures.filters_figure(kernel, "paper", "paper variant")
   titles = [ax.get_title() for ax in fig.axes]
   assert titles == ["tower 1: filters 0-47", "tower 2: filters 48-95"]
-  assert_picture(visualize.save(fig, tmp_path / "f.png"), "filters")
+  assert_picture(figures.save(fig, tmp_path / "f.png"), "filters")
 
 
 def test_filters_of_the_d2l_variant_fill_the_canvas(tmp_path):
   kernel = np.random.default_rng(0).normal(size=(11, 11, 1, 96))
-  fig = visualize.filters_figure(kernel, "d2l", "d2l variant")
+  fig = figures.filters_figure(kernel, "d2l", "d2l variant")
   (ax,) = fig.axes
   # 96 filters of 11x11 with 1-pixel gaps: 6 rows of 16 (not 8 of 12, which left ~40% of the
   # canvas empty), filling the panel's width.
   assert ax.get_images()[0].get_array().shape == (6 * 12 - 1, 16 * 12 - 1)
   fig.canvas.draw()
   drawn = ax.get_window_extent()
-  width, _ = fig.get_size_inches() * visualize.DPI
+  width, _ = fig.get_size_inches() * figures.DPI
   assert drawn.width > 0.9 * width
-  assert_picture(visualize.save(fig, tmp_path / "f.png"), "filters")
+  assert_picture(figures.save(fig, tmp_path / "f.png"), "filters")
 
 
 @pytest.mark.parametrize("variant,shape", [("paper", (11, 11, 3, 96)), ("d2l", (11, 11, 1, 96)),
@@ -126,7 +127,7 @@ def test_filters_picture_has_no_empty_band(tmp_path, variant, shape):
   # The figure is as tall as its grid: the fixed 6-inch canvas left 71 (d2l) and 93 (paper)
   # blank rows between the title and the grid (the grid centred in a taller box).
   kernel = np.random.default_rng(0).normal(size=shape)
-  path = visualize.save(visualize.filters_figure(kernel, variant, variant), tmp_path / "f.png")
+  path = figures.save(figures.filters_figure(kernel, variant, variant), tmp_path / "f.png")
   assert_picture(path, "filters")
   assert longest_blank_band(path) <= 15
 
@@ -134,7 +135,7 @@ def test_filters_picture_has_no_empty_band(tmp_path, variant, shape):
 @pytest.mark.parametrize("p,text", [(0.1077, "0.108"), (1.0, "1.000"), (0.001, "0.001"),
                                     (3.2e-05, "3.2e-05"), (0.00099, "9.9e-04"), (0.0, "0")])
 def test_probabilities_below_a_thousandth_use_scientific_notation(p, text):
-  assert visualize.format_probability(p) == text
+  assert figures.format_probability(p) == text
 
 
 def _grey(size=32):
@@ -142,23 +143,23 @@ def _grey(size=32):
 
 
 def test_a_zero_gradcam_map_is_said_in_words_without_a_colour_bar(tmp_path):
-  zero = visualize.gradcam_figure(_grey(), np.zeros((32, 32)), "Bag", "t")
+  zero = figures.gradcam_figure(_grey(), np.zeros((32, 32)), "Bag", "t")
   texts = [t.get_text() for ax in zero.axes for t in ax.texts]
-  assert texts == [visualize.ZERO_MAP_TEXT]
+  assert texts == [figures.ZERO_MAP_TEXT]
   assert len(zero.axes) == 2  # input and map, no colour bar
-  assert_picture(visualize.save(zero, tmp_path / "zero.png"), "gradcam")
-  some = visualize.gradcam_figure(_grey(), np.eye(32), "Bag", "t")
+  assert_picture(figures.save(zero, tmp_path / "zero.png"), "gradcam")
+  some = figures.gradcam_figure(_grey(), np.eye(32), "Bag", "t")
   assert len(some.axes) == 3 and not [t for ax in some.axes for t in ax.texts]
 
 
 def test_a_colour_bar_multiplier_goes_into_its_label_not_over_the_title(tmp_path):
   heat = 3e-6 + 2e-6 * np.random.default_rng(0).random((32, 32))
-  fig = visualize.occlusion_figure(_grey(), heat, "Sneaker", 3.2e-6, 8, 4, "t")
+  fig = figures.occlusion_figure(_grey(), heat, "Sneaker", 3.2e-6, 8, 4, "t")
   bar = fig.axes[2]
   assert bar.get_ylabel().endswith("(\u00d71e-6)")
   assert not bar.yaxis.get_offset_text().get_visible()
   assert fig.axes[0].get_title() == "input: P(Sneaker) = 3.2e-06"
-  visualize.save(fig, tmp_path / "o.png")
+  figures.save(fig, tmp_path / "o.png")
 
 
 def test_curves_from_metrics_records(tmp_path):
@@ -167,14 +168,14 @@ def test_curves_from_metrics_records(tmp_path):
   records += [{"step": 5, "eval/loss": 0.5, "eval/top1": 0.6, "train/epoch": 0.5},
               {"step": 5, "eval/loss": 0.5, "eval/top1": 0.6, "eval/checkpoint_step": 5}]
   (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
-  fig = visualize.curves_figure(visualize.read_metrics(tmp_path), "run")
+  fig = figures.curves_figure(visualize.read_metrics(tmp_path), "run")
   lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
   assert set(lines) == {"train/loss", "eval/loss", "train/top1", "eval/top1"}
   assert list(lines["eval/top1"].get_xdata()) == [5]  # the --mode=eval repeat is left out
   for ax in fig.axes[:2]:  # whole steps only, even on a 5-step run
     ticks = ax.get_xticks()
     assert len(ticks) > 1 and np.all(ticks == np.round(ticks))
-  assert_picture(visualize.save(fig, tmp_path / "c.png"), "curves")
+  assert_picture(figures.save(fig, tmp_path / "c.png"), "curves")
 
 
 def test_the_filters_image_goes_to_tensorboard_at_each_evaluation(run):

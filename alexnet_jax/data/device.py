@@ -23,7 +23,7 @@ import numpy as np
 from grain import experimental as grain_experimental
 
 from alexnet_jax import sharding
-from alexnet_jax.data import batch_slots, pipeline
+from alexnet_jax.data import batch_slots, loading, pipeline
 
 
 def _may_alias_host_memory(mesh) -> bool:
@@ -71,8 +71,8 @@ class DeviceBatches(Iterator[dict[str, Any]]):
     self.batch_size = batch_size  # global
     self._length = len(dataset)
     self._to_device = _ToDevice(mesh)
-    iter_ds = pipeline.loaded(dataset, num_workers=num_workers, prefetch_batches=host_prefetch,
-                              slots_prefix=self._to_device.slots.prefix)
+    iter_ds = loading.loaded(dataset, num_workers=num_workers, prefetch_batches=host_prefetch,
+                             slots_prefix=self._to_device.slots.prefix)
     iter_ds = iter_ds.map(self._to_device)
     if device_prefetch > 0:
       iter_ds = grain_experimental.ThreadPrefetchIterDataset(
@@ -95,7 +95,7 @@ class DeviceBatches(Iterator[dict[str, Any]]):
 
     def load_first() -> None:
       # Workers started from here inherit this thread's blocked SIGINT: a Ctrl-C while they
-      # import (before init_worker ignores it) would print each one's KeyboardInterrupt
+      # import (before loading.init_worker ignores it) would print each one's KeyboardInterrupt
       # traceback. The trainer's main thread still gets the signal and stops the run.
       signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
       try:

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax.data import (IMAGENET_SOURCES, DataInfo, Split, augment, pipeline, raw, records,
-                              transforms)
+from alexnet_jax.data import (IMAGENET_SOURCES, DataInfo, Split, augment, decode, pipeline, raw,
+                              records, transforms)
 from alexnet_jax.errors import UserError, MissingFileError
 
 # The `data.source` values that read ImageNet (this module); the one list of them.
@@ -109,7 +109,7 @@ def validation_label(file_name: str) -> int:
   """Class index of a flat validation file `ILSVRC2012_val_00000001.JPEG`."""
   match = VALIDATION_FILE.fullmatch(file_name)
   if match is None:
-    raise UserError(f"'{transforms.printable_name(file_name)}' is not named like a validation "
+    raise UserError(f"'{decode.printable_name(file_name)}' is not named like a validation "
                     "image (ILSVRC2012_val_XXXXXXXX.JPEG).")
   number = int(match.group(1))
   if not 1 <= number <= NUM_VALIDATION_IMAGES:
@@ -249,7 +249,7 @@ class FolderSource:
   Paths are kept as one numpy bytes array, compact to pickle into Grain workers. They are
   the names' bytes as the OS gives them (os.fsencode), so a name that is not valid UTF-8 is
   opened as it is; a record's `file_name` is the relative path as printable text
-  (transforms.printable_name: such bytes as backslash escapes), for messages.
+  (decode.printable_name: such bytes as backslash escapes), for messages.
   """
   root: str
   relative_paths: np.ndarray  # dtype 'S' (os.fsencode of 'wnid/name'), sorted
@@ -266,9 +266,9 @@ class FolderSource:
         data = f.read()
     except OSError as e:
       raise pipeline.SkippableRecordError(
-          f"cannot read {transforms.printable_name(path)}: {e.strerror or e}") from e
+          f"cannot read {decode.printable_name(path)}: {e.strerror or e}") from e
     return {"image": data, "label": self.labels[index],
-            "file_name": transforms.printable_name(relative)}
+            "file_name": decode.printable_name(relative)}
 
 
 def _is_image_file(entry: os.DirEntry) -> bool:
@@ -296,7 +296,7 @@ def list_class_folders(split_dir: str) -> tuple[list[str], list[int]]:
   for folder in _visible_subdirs(split_dir):
     if folder.name not in lookup:
       raise UserError(
-          f"{transforms.printable_name(folder.path)} is not an ILSVRC-2012 class folder: "
+          f"{decode.printable_name(folder.path)} is not an ILSVRC-2012 class folder: "
           "folder names must be wnids of the 1000-class list (like n01440764; see "
           "alexnet_jax/data/imagenet_labels/imagenet2012_synsets.txt). Remove or move it.")
     names = _image_files(folder.path)
@@ -328,7 +328,7 @@ def folder_split(data_dir: str, split: str) -> FolderSource:
   if not paths:
     raise missing_data_error(data_dir, f"no images in {split_dir}")
   logging.info("ImageNet %s: %d images in %s", split, len(paths),
-               transforms.printable_name(split_dir))
+               decode.printable_name(split_dir))
   # os.fsencode: the names' own bytes, also those that are not UTF-8 (os.scandir gives them as
   # str with surrogate escapes, which str.encode() refuses).
   encoded = np.array([os.fsencode(path) for path in paths], dtype=np.bytes_)

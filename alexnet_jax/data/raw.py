@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from alexnet_jax.data import transforms
+from alexnet_jax.data import crops, decode
 from alexnet_jax.errors import UserError
 
 FORMAT = "raw"
@@ -59,7 +59,7 @@ class RawSource:
     if size != record_bytes(self.side):
       shard, position = self.inner.locate(index)
       raise RawRecordError(
-          f"record {index} ({transforms.record_key(record)}, record {position} of shard "
+          f"record {index} ({decode.record_key(record)}, record {position} of shard "
           f"{os.path.basename(shard)}) holds {size} bytes, not {record_bytes(self.side)} (a "
           f"{self.side}x{self.side}x3 uint8 image): the raw build is damaged; prepare it "
           "again with --format=raw --overwrite.")
@@ -214,9 +214,9 @@ def centre_square(data: bytes, key: str, side: int = SIDE, decoder: str = "pillo
   """Encoded image bytes -> raw record bytes: shorter side to `side` (antialiased bilinear,
   torchvision's rounding), central side x side square. Raises SkippableRecordError for a file
   that does not decode."""
-  choose = lambda w, h: transforms.centre_crop_box(w, h, side, side)
-  image = transforms.decode_region(data, key, choose, (side, side), use_draft=True,
-                                   decoder=decoder)
+  choose = lambda w, h: crops.centre_crop_box(w, h, side, side)
+  image = decode.decode_region(data, key, choose, (side, side), use_draft=True,
+                               decoder=decoder)
   return encode(np.asarray(image))
 
 
@@ -233,7 +233,7 @@ class RawPaperTrainTransform:
 
   def __call__(self, record, u: np.ndarray):
     size = self.image_size
-    dx, dy = transforms.paper_offsets(u, self.side, size)
+    dx, dy = crops.paper_offsets(u, self.side, size)
     crop = pixels(record, self.side)[dy:dy + size, dx:dx + size]
     return {"image": crop, "label": np.int32(record["label"])}
 
@@ -247,7 +247,7 @@ class RawPaperTrainTransform:
     def load(indices: np.ndarray, uniforms: np.ndarray, empty) -> None:
       images = empty("image", (size, size, CHANNELS), np.uint8)
       labels = empty("label", (), np.int32)
-      dxs, dys = transforms.paper_offsets_of_rows(uniforms, self.side, size)
+      dxs, dys = crops.paper_offsets_of_rows(uniforms, self.side, size)
       read = source.image_and_label
       for row, (index, dx, dy) in enumerate(zip(indices.tolist(), dxs.tolist(), dys.tolist())):
         square, labels[row] = read(index)
@@ -263,7 +263,7 @@ class RawCentreCropTransform:
 
   def __call__(self, record, u=None):
     del u
-    offset = transforms.centre_offset(self.side, self.image_size)
+    offset = crops.centre_offset(self.side, self.image_size)
     crop = pixels(record, self.side)[offset:offset + self.image_size,
                                      offset:offset + self.image_size]
     return {"image": np.ascontiguousarray(crop), "label": np.int32(record["label"])}
@@ -274,7 +274,7 @@ class RawCentreCropTransform:
     if not _reads_raw(source, self.side):
       return None
     size = self.image_size
-    offset = transforms.centre_offset(self.side, size)
+    offset = crops.centre_offset(self.side, size)
 
     def load(indices: np.ndarray, uniforms, empty) -> None:
       del uniforms
@@ -295,7 +295,7 @@ class RawTenCropTransform:
 
   def __call__(self, record, u=None):
     del u
-    return {"image": transforms.ten_crops(pixels(record, self.side), self.image_size),
+    return {"image": crops.ten_crops(pixels(record, self.side), self.image_size),
             "label": np.int32(record["label"])}
 
   def batch_loader(self, source):
@@ -312,7 +312,7 @@ class RawTenCropTransform:
       read = source.image_and_label
       for row, index in enumerate(indices.tolist()):
         square, labels[row] = read(index)
-        transforms.ten_crops(square, size, out=images[row])
+        crops.ten_crops(square, size, out=images[row])
     return load
 
 

@@ -6,7 +6,9 @@ TensorBoard filters picture need, without any command line.
 - classify.py: top-k classes of image files;
 - probe.py: `AlexNetProbe`, the stage outputs and attributions of one AlexNet;
 - attribution.py: saliency, Grad-CAM, occlusion as pure functions of plain functions;
-- filters.py: conv1's filters as one picture (`conv1_filter_grid`, `towers_of`).
+- filters.py: conv1's filters as one picture (`conv1_filter_grid`, `towers_of`);
+- figures.py: visualize's pictures drawn with matplotlib (used as the module,
+  `from alexnet_jax.inference import figures`: its names are not handed on here).
 Checkpoints are read by alexnet_jax.checkpoint (`resolve`, `read_for_inference`).
 """
 

@@ -8,7 +8,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from alexnet_jax.data import imagenet, transforms
+from alexnet_jax.data import decode, imagenet
 from alexnet_jax.errors import UserError
 from alexnet_jax.inference.model import LoadedModel
 
@@ -43,12 +43,12 @@ def predict_files(loaded: LoadedModel, files: Sequence[str | os.PathLike], *, k:
                   batch_size: int = 32) -> list[dict[str, Any]]:
   """One record per file: {'path', 'top': [{'class', 'name', 'probability'}, ...]} (k
   entries, most probable first) or {'path', 'error'} for a file that cannot be read or decoded,
-  or is over the large-image rule (data.transforms.MAX_IMAGE_PIXELS). 'path' is printable
-  text (transforms.printable_name: bytes of a name that are not UTF-8 as escapes).
+  or is over the large-image rule (data.decode.MAX_IMAGE_PIXELS). 'path' is printable
+  text (decode.printable_name: bytes of a name that are not UTF-8 as escapes).
   Images go through the model in padded batches of `batch_size` (one compilation)."""
   records: list[dict[str, Any] | None] = [None] * len(files)
   # Paths as printable text: a file name that is not UTF-8 shows its bytes as escapes.
-  shown = [transforms.printable_name(path) for path in files]
+  shown = [decode.printable_name(path) for path in files]
   images, slots = [], []
   for i, path in enumerate(files):
     try:

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from alexnet_jax import config_base
-from alexnet_jax.data import fashion_mnist, imagenet, pipeline, transforms
+from alexnet_jax.data import decode, fashion_mnist, imagenet, pipeline, transforms
 from alexnet_jax.errors import UserError
 
 # Fashion-MNIST images are 28x28 (Xiao, Rasul & Vollgraf 2017; the IDX files' header).
@@ -51,7 +51,7 @@ def _read(path: str | os.PathLike) -> bytes:
     with open(path, "rb") as f:
       return f.read()
   except OSError as e:
-    raise UserError(f"cannot read image {transforms.printable_name(path)}: "
+    raise UserError(f"cannot read image {decode.printable_name(path)}: "
                     f"{e.strerror or e}.") from e
 
 
@@ -73,11 +73,11 @@ def load_image(path: str | os.PathLike, preprocessing: Mapping[str, Any],
   `preprocessing`: a checkpoint's `meta["preprocessing"]` or `torchvision_preprocessing()`.
   `channels`: the model's `in_channels` (1 or 3).
   Raises UserError for a file that cannot be read or decoded (naming it), one larger than
-  transforms.MAX_IMAGE_PIXELS (the large-image rule of training), and for an unknown source.
+  decode.MAX_IMAGE_PIXELS (the large-image rule of training), and for an unknown source.
   A path that is not valid UTF-8 is read as it is and named with backslash escapes.
   """
   source = preprocessing["source"]
-  key = transforms.printable_name(path)
+  key = decode.printable_name(path)
   data = _read(path)
   try:
     if is_imagenet(preprocessing):
@@ -85,14 +85,13 @@ def load_image(path: str | os.PathLike, preprocessing: Mapping[str, Any],
                                                  int(preprocessing["resize_size"]))
       image = transform({"image": data, "label": 0, "file_name": key}, None)["image"]
     elif source == "fashion_mnist":
-      grey = transforms.decode_rgb(data, key).convert("L").resize(
-          (fashion_mnist.IMAGE_SIZE, fashion_mnist.IMAGE_SIZE), transforms.RESAMPLE)
+      grey = decode.decode_rgb(data, key).convert("L").resize(
+          (fashion_mnist.IMAGE_SIZE, fashion_mnist.IMAGE_SIZE), decode.RESAMPLE)
       record = {"image": np.asarray(grey, np.uint8)[..., None], "label": 0}
       image = fashion_mnist.to_rgb_if_needed(channels)(record, None)["image"]
     elif source == "synthetic":
       size = int(preprocessing["image_size"])
-      image = np.asarray(transforms.decode_rgb(data, key).resize((size, size),
-                                                                 transforms.RESAMPLE))
+      image = np.asarray(decode.decode_rgb(data, key).resize((size, size), decode.RESAMPLE))
     else:
       raise UserError(f"The checkpoint's preprocessing source {source!r} is not one this "
                       "version reads images for.")

@@ -55,7 +55,7 @@ class StoppedEarly(BaseException):
 def exit_now(status: int, message: str) -> None:
   """Prints `message` to stderr and ends the process with `status` without unwinding (no
   Python teardown while library threads run). Worker processes follow their parent
-  (data/pipeline.py)."""
+  (data/loading.py)."""
   try:
     sys.stdout.flush()
     print(message, file=sys.stderr, flush=True)
