@@ -33,6 +33,7 @@ import numpy as np
 from absl import flags
 
 from alexnet_jax import inference
+from alexnet_jax.checkpoint import layout
 from alexnet_jax.errors import UsageError, UserError
 from alexnet_jax.inference import figures
 from alexnet_jax.runtime import logs
@@ -47,11 +48,10 @@ PICTURES = tuple(figures.FIGSIZE)
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
   """The records of DIR/metrics.jsonl (one JSON object per line, metrics_writer.py); UserError
   when the file is missing."""
-  path = pathlib.Path(workdir) / "metrics.jsonl"
+  path = pathlib.Path(workdir) / layout.METRICS_FILE
   if not path.is_file():
     raise UserError(f"No {path}: point --workdir at a training run.")
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
 
 
 @dataclasses.dataclass(frozen=True)
