@@ -11,8 +11,9 @@ epoch (so every worker also crosses an epoch boundary: both epochs' permutations
 takes `--batches` batches, and then reads `psutil.Process.memory_full_info()` of itself and
 of each worker: USS (pages only that process maps), PSS (shared pages divided among their
 processes) and RSS, in MB (10^6 bytes). Also: the pickled sizes of the source and of the
-training dataset (what Grain sends each worker), and, per process, the memory of the mapped
-index (mappings named `alexnet_jax_index`, none before the change).
+training dataset (what Grain sends each worker), and, per process, its own pages by kind of
+mapping and its share of the mapped index (mappings named `alexnet_jax_index`, none before
+the change), from /proc/PID/smaps.
 
 The two indexes are made of hard links (benchmarks/folder_index.py): they cost no disk
 to speak of. With `--old_commit` each measurement also runs on that commit's tree (a
@@ -57,34 +58,37 @@ MB = 1e6
 INDEX_MAPPING = "alexnet_jax_index"
 
 
-def _mapped_index(pid: int) -> dict[str, float]:
-  """Rss, Pss and private memory (MB) of the process's mappings of the shared index."""
-  totals = {"rss": 0, "pss": 0, "private": 0}
-  mapping = False
+def _smaps(pid: int) -> dict[str, float]:
+  """From /proc/PID/smaps, in MB: `private_<kind>`, the process's own pages by kind of
+  mapping (anon: the heap and anonymous mappings; index: the shared index file; shm:
+  /dev/shm and other shared memory, the batch slots; files: everything else, the libraries),
+  and `index_rss`, `index_pss` of its mappings of the index."""
+  totals = {key: 0 for key in ("private_anon", "private_index", "private_shm",
+                               "private_files", "index_rss", "index_pss")}
+  kind = "anon"
   try:
     with open(f"/proc/{pid}/smaps", encoding="utf-8", errors="replace") as f:
       for line in f:
-        first = line.split(maxsplit=1)[0]
-        if not first.endswith(":"):  # a mapping's header line: address range first
-          mapping = INDEX_MAPPING in line
-        elif mapping:
-          key, value = first[:-1], int(line.split()[1]) * 1024
-          if key == "Rss":
-            totals["rss"] += value
-          elif key == "Pss":
-            totals["pss"] += value
-          elif key in ("Private_Clean", "Private_Dirty"):
-            totals["private"] += value
+        fields = line.split()
+        if not fields[0].endswith(":"):  # a mapping's header: address range, ..., path
+          path = fields[5] if len(fields) > 5 else ""
+          kind = ("index" if INDEX_MAPPING in line else
+                  "anon" if path in ("", "[heap]", "[stack]") else
+                  "shm" if path.startswith(("/dev/shm", "/SYSV", "/memfd:")) else "files")
+        elif fields[0] in ("Private_Clean:", "Private_Dirty:"):
+          totals[f"private_{kind}"] += int(fields[1]) * 1024
+        elif kind == "index" and fields[0] in ("Rss:", "Pss:"):
+          totals[f"index_{fields[0][:-1].lower()}"] += int(fields[1]) * 1024
   except OSError:
     pass
-  return {k: round(v / MB, 1) for k, v in totals.items()}
+  return {key: round(value / MB, 1) for key, value in totals.items()}
 
 
 def _memory(process) -> dict:
   info = process.memory_full_info()
   return {"pid": process.pid, "uss_mb": round(info.uss / MB, 1),
           "pss_mb": round(info.pss / MB, 1), "rss_mb": round(info.rss / MB, 1),
-          "index_mapping_mb": _mapped_index(process.pid)}
+          "smaps_mb": _smaps(process.pid)}
 
 
 def _grain_workers(trainer) -> list:
@@ -228,6 +232,9 @@ def main(argv):
     means[(name, size)] = {
         "loader_uss_mb": mean(records, lambda r: r["loader_uss_mean_mb"]),
         "loader_pss_mb": mean(records, lambda r: r["loader_pss_mean_mb"]),
+        "loader_private_anon_mb": mean(records, lambda r: sum(
+            w["smaps_mb"]["private_anon"] for w in r["loader_processes"]) / max(
+                1, len(r["loader_processes"]))),
         "trainer_uss_mb": mean(records, lambda r: r["trainer"]["uss_mb"]),
         "trainer_pss_mb": mean(records, lambda r: r["trainer"]["pss_mb"]),
         "all_processes_pss_mb": mean(records, lambda r: r["trainer"]["pss_mb"] + sum(

@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import threading
 
 import cloudpickle
 import numpy as np
@@ -120,6 +121,17 @@ def test_the_order_is_the_one_before(n):
         got = pipeline.stream_indices(seed, n, batch, batch_index, rows)
         assert got.dtype == np.int64
         np.testing.assert_array_equal(got, _old_stream_indices(seed, n, batch, batch_index, rows))
+
+
+def test_a_workers_threads_make_an_epochs_order_once():
+  pipeline._epoch_permutation.cache_clear()
+  threads = [threading.Thread(target=pipeline.epoch_permutation, args=(11, 300_000, 2))
+             for _ in range(4)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert pipeline._epoch_permutation.cache_info().misses == 1
 
 
 def _ours(folder: str) -> set[str]:
