@@ -32,6 +32,8 @@ from absl import app, flags
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from folder_index import make_index  # noqa: E402 - benchmarks/ is the script's folder
+
 _FILES = flags.DEFINE_integer("files", 1_281_167, "Training images in the index.")
 _INDEX = flags.DEFINE_string("index_dir", "/tmp/alexnet_jax_startup_index", "Where the index is "
                              "made (reused when it holds the same number of files).")
@@ -39,35 +41,6 @@ _OLD = flags.DEFINE_string("old_commit", None, "The commit to compare against.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Runs per tree, alternating.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "data.num_workers of each run.")
 _OUT = flags.DEFINE_string("out", "", "Also append the JSON lines to this file.")
-
-
-def make_index(root: pathlib.Path, files: int) -> None:
-  """root/train/<wnid>/<k>.JPEG (files spread evenly over the 1000 wnids) and
-  root/val/<wnid>/<k>.JPEG (50 each), hard links to small JPEGs (one per 50,000 links:
-  ext4 allows 65,000 links to a file)."""
-  from alexnet_jax.data import imagenet
-  from tests import imagenet_fixtures as fx
-
-  stamp = root / f"made-{files}"
-  if stamp.exists():
-    return
-  shutil.rmtree(root, ignore_errors=True)
-  originals = root / "originals"
-  originals.mkdir(parents=True)
-  sources = []
-  for i in range(max(8, -(-(files + 50_000) // 50_000))):
-    path = originals / f"{i}.JPEG"
-    path.write_bytes(fx.jpeg_bytes(320, 256 + 8 * i, seed=i % 8))
-    sources.append(path)
-  wnids = imagenet.standard_wnids()
-  for split, count in (("train", files), ("val", 50 * len(wnids))):
-    for c, wnid in enumerate(wnids):
-      folder = root / split / wnid
-      folder.mkdir(parents=True)
-      per_class = count // len(wnids) + (1 if c < count % len(wnids) else 0)
-      for k in range(per_class):
-        os.link(sources[k % len(sources)], folder / f"{wnid}_{k}.JPEG")
-  stamp.touch()
 
 
 def run_once(tree: pathlib.Path, index: pathlib.Path) -> dict:

@@ -21,7 +21,7 @@ layout problem is reported by `build(config)`, before any training starts.
 
 from __future__ import annotations
 
-import dataclasses
+import collections.abc
 import functools
 import importlib.resources
 import json
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from alexnet_jax.data import (IMAGENET_SOURCES, DataInfo, Split, augment, decode, pipeline, raw,
-                              records, transforms)
+                              records, shared_arrays, transforms)
 from alexnet_jax.errors import UserError, MissingFileError
 
 # The `data.source` values that read ImageNet (this module); the one list of them.
@@ -242,25 +242,55 @@ def _log_prepare_info(version_dir: pathlib.Path) -> None:
 # folder source
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
 class FolderSource:
   """Image files under `root`, read as bytes; the decoding is the transform's job.
 
-  Paths are kept as one numpy bytes array, compact to pickle into Grain workers. They are
-  the names' bytes as the OS gives them (os.fsencode), so a name that is not valid UTF-8 is
-  opened as it is; a record's `file_name` is the relative path as printable text
-  (decode.printable_name: such bytes as backslash escapes), for messages.
+  The index (file names and labels) is a `shared_arrays.SharedArrays`: 'names', the relative
+  paths' bytes one after the other (uint8), 'offsets' (int64, n + 1: name i is
+  names[offsets[i]:offsets[i + 1]]) and 'labels' (int32, standard class order). A Grain worker
+  maps the trainer's copy instead of unpickling its own (docs/data.md, "Loader memory").
+  Names are the bytes the OS gives (os.fsencode of 'wnid/name'), sorted, so a name that is not
+  valid UTF-8 is opened as it is; a record's `file_name` is the relative path as printable
+  text (decode.printable_name: such bytes as backslash escapes), for messages.
   """
-  root: str
-  relative_paths: np.ndarray  # dtype 'S' (os.fsencode of 'wnid/name'), sorted
-  labels: np.ndarray  # int32, standard class order
+
+  def __init__(self, root: str, index: shared_arrays.SharedArrays):
+    self.root = root
+    self.index = index
+    self._root = os.fsencode(root)
+    self._names, self._offsets = index["names"], index["offsets"]
+    self.labels: np.ndarray = index["labels"]
+
+  @classmethod
+  def of(cls, root: str, relative_paths: list[bytes], labels: list[int]) -> "FolderSource":
+    """The source of `relative_paths` (bytes) under `root` with their `labels`."""
+    lengths = np.fromiter(map(len, relative_paths), np.int64, len(relative_paths))
+    offsets = np.zeros(len(relative_paths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    names = np.frombuffer(b"".join(relative_paths), np.uint8)
+    return cls(root, shared_arrays.SharedArrays(
+        {"names": names, "offsets": offsets, "labels": np.asarray(labels, np.int32)}))
+
+  def __reduce__(self):
+    return FolderSource, (self.root, self.index)
 
   def __len__(self) -> int:
     return len(self.labels)
 
+  def relative_path(self, index: int) -> bytes:
+    """The relative path ('wnid/name') of record `index`, as the OS's bytes."""
+    if not 0 <= index < len(self.labels):
+      raise IndexError(f"record {index} of {len(self.labels)}")
+    return self._names[self._offsets[index]:self._offsets[index + 1]].tobytes()
+
+  @property
+  def relative_paths(self) -> "_RelativePaths":
+    """Every relative path (bytes), in the source's order."""
+    return _RelativePaths(self)
+
   def __getitem__(self, index: int) -> dict[str, Any]:
-    relative = bytes(self.relative_paths[index])
-    path = os.path.join(os.fsencode(self.root), relative)
+    relative = self.relative_path(index)
+    path = os.path.join(self._root, relative)
     try:
       with open(path, "rb") as f:
         data = f.read()
@@ -269,6 +299,21 @@ class FolderSource:
           f"cannot read {decode.printable_name(path)}: {e.strerror or e}") from e
     return {"image": data, "label": self.labels[index],
             "file_name": decode.printable_name(relative)}
+
+
+class _RelativePaths(collections.abc.Sequence):
+  """The relative paths of a FolderSource as a sequence of bytes."""
+
+  def __init__(self, source: FolderSource):
+    self._source = source
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self._source.relative_path(i) for i in range(*index.indices(len(self)))]
+    return self._source.relative_path(index + len(self) if index < 0 else index)
 
 
 def _is_image_file(entry: os.DirEntry) -> bool:
@@ -331,8 +376,7 @@ def folder_split(data_dir: str, split: str) -> FolderSource:
                decode.printable_name(split_dir))
   # os.fsencode: the names' own bytes, also those that are not UTF-8 (os.scandir gives them as
   # str with surrogate escapes, which str.encode() refuses).
-  encoded = np.array([os.fsencode(path) for path in paths], dtype=np.bytes_)
-  return FolderSource(split_dir, encoded, np.array(labels, dtype=np.int32))
+  return FolderSource.of(split_dir, [os.fsencode(path) for path in paths], labels)
 
 
 def holds_folder_layout(data_dir: str) -> bool:

@@ -22,6 +22,7 @@ import functools
 import logging
 import math
 import sys
+import threading
 from typing import Any, Callable, Protocol
 
 import grain
@@ -85,12 +86,29 @@ def _with_skips(batch: Example, notes: list[str]) -> Example:
   return batch
 
 
-@functools.lru_cache(maxsize=2)  # this epoch and the next: a batch may straddle the two
+_permutation_lock = threading.Lock()
+
+
 def epoch_permutation(seed: int, num_examples: int, epoch: int) -> np.ndarray:
-  """The order of the split in `epoch`: a permutation of 0..num_examples-1 (int64), a
-  function of (seed, epoch) alone. Made once per epoch and process (10 MB for ImageNet's
-  1.28M images) instead of per index: Grain's per-index shuffle cost ~160 us per example."""
-  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+  """The order of the split in `epoch`: a permutation of 0..num_examples-1, a function of
+  (seed, epoch) alone: `np.random.default_rng([seed, epoch]).permutation(num_examples)`.
+  Made once per epoch and process instead of per index (Grain's per-index shuffle cost
+  ~160 us per example), by one loader thread while the others wait: without the lock each
+  of a worker's threads made its own copy at start-up and at each epoch's end, and the
+  worker's allocator kept the peak (docs/data.md, "Loader memory"). int32 below 2**31
+  examples (5 MB for ImageNet's 1.28M images, in every loader process): the same shuffle of
+  arange(num_examples) in int32 gives permutation's int64 order (the draws do not depend on
+  the item size)."""
+  with _permutation_lock:
+    return _epoch_permutation(seed, num_examples, epoch)
+
+
+@functools.lru_cache(maxsize=2)  # this epoch and the next: a batch may straddle the two
+def _epoch_permutation(seed: int, num_examples: int, epoch: int) -> np.ndarray:
+  dtype = np.int32 if num_examples <= np.iinfo(np.int32).max else np.int64
+  order = np.arange(num_examples, dtype=dtype)
+  np.random.default_rng([seed, epoch]).shuffle(order)
+  return order
 
 
 def stream_indices(seed: int, num_examples: int, global_batch_size: int, batch_index: int,
