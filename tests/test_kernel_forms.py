@@ -186,7 +186,10 @@ def _params(variant):
 
 
 @pytest.mark.parametrize("variant, image_size", [
-    ("paper", 227), ("paper", 224), ("alexnet_bn", 227),
+    ("paper", 227),  # the default suite's whole net: conv1's pad-then-crop form, LRN, towers
+    # ~11 s and up to 3 GB each on 2 cores: the slow run (`-m slow`).
+    pytest.param("paper", 224, marks=pytest.mark.slow),
+    pytest.param("alexnet_bn", 227, marks=pytest.mark.slow),
 ])
 def test_whole_net_forms_agree(variant, image_size):
   params = _params(variant)

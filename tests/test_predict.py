@@ -17,6 +17,7 @@ import shlex
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -51,10 +52,11 @@ def tiny_config(**overrides):
   return c
 
 
-def train_tiny_run(workdir, **overrides):
-  """Trains `tiny_config(**overrides)` into workdir in this process; returns the config."""
+def train_tiny_run(workdir, devices=None, **overrides):
+  """Trains `tiny_config(**overrides)` into workdir in this process on `devices` (default:
+  all 8); returns the config."""
   config = tiny_config(**overrides)
-  train.train_and_evaluate(experiment.build(config), workdir)
+  train.train_and_evaluate(experiment.build(config, devices=devices), workdir)
   return config
 
 
@@ -80,12 +82,13 @@ _SHARED: dict[str, object] = {}  # built once per session, whichever test module
 
 def shared_run(tmp_path_factory) -> tuple[pathlib.Path, object]:
   """(workdir, config): 2 steps of d2l on tiny Fashion-MNIST, evaluated and checkpointed at
-  step 2. Read-only for the tests that use it."""
+  step 2. Read-only for the tests that use it. Trained on one device: replicated on all 8
+  it took twice the time, and what reads it runs on its own devices."""
   if "run" not in _SHARED:
     root = tmp_path_factory.mktemp("shared_run")
     workdir = root / "run"
-    config = train_tiny_run(workdir, **{"data.source": "fashion_mnist",
-                                        "data.data_dir": str(tiny_fashion_mnist(root / "data"))})
+    config = train_tiny_run(workdir, jax.devices()[:1], **{
+        "data.source": "fashion_mnist", "data.data_dir": str(tiny_fashion_mnist(root / "data"))})
     _SHARED["run"] = (workdir, config)
   return _SHARED["run"]
 
