@@ -13,7 +13,7 @@ def make_index(root: pathlib.Path, files: int) -> None:
   """root/train/<wnid>/<k>.JPEG (files spread evenly over the 1000 wnids) and
   root/val/<wnid>/<k>.JPEG (50 each), hard links to small JPEGs (one per 50,000 links:
   ext4 allows 65,000 links to a file)."""
-  from alexnet_jax.data import imagenet
+  from alexnet_jax.data import wnids
   from tests import imagenet_fixtures as fx
 
   stamp = root / f"made-{files}"
@@ -27,7 +27,7 @@ def make_index(root: pathlib.Path, files: int) -> None:
     path = originals / f"{i}.JPEG"
     path.write_bytes(fx.jpeg_bytes(320, 256 + 8 * i, seed=i % 8))
     sources.append(path)
-  wnids = imagenet.standard_wnids()
+  wnids = wnids.standard_wnids()
   for split, count in (("train", files), ("val", 50 * len(wnids))):
     for c, wnid in enumerate(wnids):
       folder = root / split / wnid

@@ -21,7 +21,7 @@ import pytest
 from alexnet_jax import data as data_lib, sharding
 from alexnet_jax.errors import UserError
 from alexnet_jax.plan import make_plan
-from alexnet_jax.data import crops, decode, imagenet, pipeline, prepare, transforms
+from alexnet_jax.data import crops, decode, imagenet, pipeline, prepare, transforms, wnids
 from alexnet_jax.data.prepare import storage
 
 try:  # tests/ on sys.path (pytest's default for a folder without __init__.py)
@@ -59,22 +59,22 @@ def numbered_png(width: int, height: int) -> tuple[bytes, np.ndarray]:
 
 
 def test_standard_class_order_matches_tfds_and_names():
-  wnids = imagenet.standard_wnids()
-  assert len(wnids) == 1000 and len(set(wnids)) == 1000
-  assert wnids[0] == "n01440764" and wnids[999] == "n15075141"
+  order = wnids.standard_wnids()
+  assert len(order) == 1000 and len(set(order)) == 1000
+  assert order[0] == "n01440764" and order[999] == "n15075141"
   import tensorflow_datasets as tfds
   tfds_labels = (pathlib.Path(tfds.__file__).parent / "datasets/imagenet2012/labels.txt")
-  assert tuple(tfds_labels.read_text().split()) == wnids
-  assert imagenet.class_names()[0].startswith("tench")
-  assert imagenet.class_names()[207] == "golden retriever"
+  assert tuple(tfds_labels.read_text().split()) == order
+  assert wnids.class_names()[0].startswith("tench")
+  assert wnids.class_names()[207] == "golden retriever"
 
 
 def test_validation_labels_come_from_the_tfds_package():
-  assert len(imagenet.validation_wnids()) == 50_000
+  assert len(wnids.validation_wnids()) == 50_000
   for number, label in fx.VALIDATION_LABELS.items():
-    assert imagenet.validation_label(f"ILSVRC2012_val_{number:08d}.JPEG") == label
+    assert wnids.validation_label(f"ILSVRC2012_val_{number:08d}.JPEG") == label
   with pytest.raises(ValueError, match="ILSVRC2012_val_XXXXXXXX"):
-    imagenet.validation_label("val_1.JPEG")
+    wnids.validation_label("val_1.JPEG")
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from alexnet_jax import config_base, experiment, inference, train
-from alexnet_jax.data import fashion_mnist, imagenet, transforms
+from alexnet_jax.data import fashion_mnist, transforms, wnids
 from alexnet_jax.tools import cli, predict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -219,11 +219,11 @@ def test_torchvision_weights_get_imagenet_names(tmp_path, tmp_path_factory):
   pth = shared_torchvision_pth(tmp_path_factory)
   loaded = inference.load_model_from_torchvision(pth, image_size=63)
   assert loaded.preprocessing["source"] == "torchvision"
-  assert loaded.class_names == imagenet.class_names()
+  assert loaded.class_names == wnids.class_names()
   record = inference.predict_files(loaded, [write_image(tmp_path / "x.jpg", 80, 70)], k=5)[0]
   probabilities = [e["probability"] for e in record["top"]]
   assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
-  assert record["top"][0]["name"] == imagenet.class_names()[record["top"][0]["class"]]
+  assert record["top"][0]["name"] == wnids.class_names()[record["top"][0]["class"]]
 
 
 def _run_cli(*args) -> subprocess.CompletedProcess:

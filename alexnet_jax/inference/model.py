@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from alexnet_jax import checkpoint, models
-from alexnet_jax.data import imagenet
+from alexnet_jax.data import wnids
 from alexnet_jax.errors import UsageError, UserError
 from alexnet_jax.inference import preprocess
 from alexnet_jax.inference.probe import AlexNetProbe
@@ -90,7 +90,7 @@ class LoadedModel:
 
 
 def _imagenet_names() -> tuple[str, ...]:
-  return imagenet.class_names()
+  return wnids.class_names()
 
 
 def load_model_from_workdir(workdir: str | os.PathLike, step: int | None = None) -> LoadedModel:

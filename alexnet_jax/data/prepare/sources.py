@@ -10,7 +10,7 @@ import pathlib
 import tarfile
 from typing import Iterator, Sequence
 
-from alexnet_jax.data import imagenet
+from alexnet_jax.data import imagenet, wnids
 from alexnet_jax.errors import UserError
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
@@ -88,7 +88,7 @@ class ClassTarShard:
   def items_in_order(self) -> Iterator[LoadedItem]:
     """The class tar's files, sorted by name, each with the class's label."""
     inner = TarItem(self.tar_path, self.offset, self.size, self.wnid, -1).read()
-    label = imagenet.wnid_to_label()[self.wnid]
+    label = wnids.wnid_to_label()[self.wnid]
     with tarfile.open(fileobj=io.BytesIO(inner), mode="r:") as tar:
       for member in sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name):
         yield LoadedItem(tar.extractfile(member).read(), os.path.basename(member.name), label)
@@ -125,7 +125,7 @@ def plan_train_tar(tar_path: str) -> list[Shard]:
   shards = []
   for i, member in enumerate(members):
     wnid = os.path.basename(member.name)[:-len(".tar")]
-    if wnid not in imagenet.wnid_to_label():
+    if wnid not in wnids.wnid_to_label():
       raise UserError(f"{tar_path} holds {member.name}, which is not an ILSVRC-2012 class.")
     shards.append(ClassTarShard("train", i, tar_path, member.offset_data, member.size, wnid))
   return shards
@@ -139,7 +139,7 @@ def plan_val_tar(tar_path: str, examples_per_shard: int) -> list[Shard]:
   for member in members:
     name = os.path.basename(member.name)
     items.append(TarItem(tar_path, member.offset_data, member.size, name,
-                         imagenet.validation_label(name)))
+                         wnids.validation_label(name)))
   return [ListShard("validation", i, chunk)
           for i, chunk in enumerate(_chunks(items, examples_per_shard))]
 
