@@ -94,7 +94,9 @@ def _assert_same(reference, from_workers):
 
 
 def _ours(names):
-  return {n for n in names if n.startswith("ajx")}
+  """This process's segments (batch_slots.new_prefix: 'ajx' + the trainer's PID), not those
+  of another run on the machine (another test suite's trainers come and go meanwhile)."""
+  return {n for n in names if n.startswith(f"ajx{os.getpid()}_")}
 
 
 @on_linux
