@@ -1,8 +1,9 @@
 """Everything a run is made of, built once from the config: mesh, the plan of the run, model
 and its kernels, optimizer, abstract train state, and the jitted steps with their shardings.
 
-This is the top of the run: the only place below main that reads the config as a whole.
-Data is built per mode and on demand: training opens the train and eval splits, `--mode=eval`
+This is the top of the run: below it, the loop and its parts (plan, periodic actions, steps,
+state, sharding, optim) take values built here; the data sources' builders, called from here
+(data.open_split), read their own config.data fields. Data is built per mode and on demand: training opens the train and eval splits, `--mode=eval`
 only the eval split (a data directory holding only the validation images is enough).
 Config mistakes a user can make are caught here, each with one sentence naming the field.
 """

@@ -132,6 +132,8 @@ def main(argv):
       # A signal Python dropped before it could stop start-up or an evaluation (raised inside a
       # garbage-collection callback): the run is not reported as complete.
       interrupts.exit_now(128 + received, interrupts.stopped_early_message(received))
+    if received is not None:  # stopped by it, checkpoint written: a second press stays 130
+      interrupts.exit_after_stop(status)
     return status
   except interrupts.StoppedEarly as e:
     # Leave without unwinding: XLA's threads may still be busy (a compile, a restore).

@@ -42,7 +42,11 @@ def train_and_evaluate(exp: Experiment, workdir: str | pathlib.Path) -> TrainRes
   divergence or a failed save; returns normally when stopped by SIGTERM/SIGINT."""
   workdir = pathlib.Path(workdir).absolute()
   is_chief = jax.process_index() == 0
-  log = lambda message: logging.info(message) if is_chief else None  # noqa: E731
+
+  def log(message: str) -> None:  # process 0's console; the line names the caller's file
+    if is_chief:
+      logging.info(message, stacklevel=2)
+
   with contextlib.ExitStack() as cleanup:
     if is_chief:
       layout.prepare(workdir)
@@ -120,8 +124,9 @@ def _loop(exp: Experiment, checkpointer, writer: MetricWriter, state: Any, step:
              evaluation, saver]
   to_go = (f"{plan.total_steps} steps" if step == 0 else
            f"steps {step + 1}-{plan.total_steps} of {plan.total_steps}")
-  log(f"Training {to_go} ({plan.steps_per_epoch} per epoch, global batch "
-      f"{plan.global_batch}) in {checkpointer.directory.parent}.")
+  log(f"Training {to_go} ({plan.steps_per_epoch} per epoch, global batch {plan.global_batch}: "
+      f"{plan.process_batch} per process, {plan.device_batch} per device) in "
+      f"{checkpointer.directory.parent}.")
   try:
     log("Waiting for the train step's compile and the first batch...")
     waited = time.time()

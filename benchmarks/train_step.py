@@ -7,7 +7,7 @@
 Prints one JSON line per measurement. The step is the trainer's own (experiment.build), fed a
 fixed uint8 batch already on the devices, so the figure is the device compute of one step:
 forward, backward, optimizer update, metrics. The process is set up as `python -m
-alexnet_jax.main` sets it up (alexnet_jax/cpu_runtime.py; --nocpu_runtime_tuning to measure
+alexnet_jax.main` sets it up (alexnet_jax/runtime/cpu_runtime.py; --nocpu_runtime_tuning to measure
 without). With --compare_torch it then runs benchmarks/torch_reference.py (the same network in
 plain PyTorch) in a subprocess with the same batch, twice: plain, and with glibc set to keep
 freed memory as the tuned JAX process does (--notorch_same_allocator to skip), and prints each

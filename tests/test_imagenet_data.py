@@ -18,7 +18,7 @@ from PIL import Image
 from PIL import JpegImagePlugin
 import pytest
 
-from alexnet_jax import data as data_lib, sharding
+from alexnet_jax import data as data_lib, experiment, sharding
 from alexnet_jax.errors import UserError
 from alexnet_jax.plan import make_plan
 from alexnet_jax.data import crops, decode, imagenet, pipeline, prepare, transforms, wnids
@@ -157,8 +157,11 @@ def test_config_must_ask_for_1000_rgb_classes(tmp_path):
   fx.make_folder_dataset(tmp_path)
   config = fx.imagenet_config(tmp_path)
   config.model.num_classes = 10
-  with pytest.raises(ValueError, match="num_classes"):
-    _both(config)
+  with pytest.raises(ValueError, match="model.num_classes=10 but data.source='auto' has 1000 classes"):
+    experiment.build(config)
+  config.model.num_classes, config.model.in_channels = 1000, 1
+  with pytest.raises(ValueError, match="model.in_channels=1 but data.source='auto' gives 3-channel"):
+    experiment.build(config)
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,6 +46,9 @@ from alexnet_jax.data import pipeline
 from alexnet_jax.data.crops import Box
 from alexnet_jax.errors import UserError
 
+# File suffixes read as images (lower case; compare with `name.lower()`): JPEG and PNG.
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
 try:  # optional: the fast JPEG decoder (data.jpeg_decoder)
   import simplejpeg
 except ImportError:  # pragma: no cover - depends on the install

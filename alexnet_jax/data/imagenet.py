@@ -42,8 +42,6 @@ from alexnet_jax.errors import UserError, MissingFileError
 SOURCE_NAMES = IMAGENET_SOURCES
 TFDS_NAME = "imagenet2012"
 TFDS_SPLITS = {"train": "train", "eval": "validation"}
-# File suffixes read as images (lower case; compare with `name.lower()`): JPEG and PNG.
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 VERSION = re.compile(r"\d+\.\d+\.\d+")
 # Written next to dataset_info.json by `alexnet_jax.tools.prepare` (how the images were stored).
 PREPARE_INFO_FILE = "alexnet_jax_prepare.json"
@@ -253,7 +251,7 @@ class _RelativePaths(collections.abc.Sequence):
 
 def _is_image_file(entry: os.DirEntry) -> bool:
   return (not entry.name.startswith(".") and entry.is_file()
-          and entry.name.lower().endswith(IMAGE_SUFFIXES))
+          and entry.name.lower().endswith(decode.IMAGE_SUFFIXES))
 
 
 def _visible_subdirs(path: str) -> list[os.DirEntry]:
@@ -353,12 +351,7 @@ def resolve_source(source: str, data_dir: str) -> tuple[str, str]:
 
 
 def _check_config(config: Any) -> None:
-  if config.model.in_channels != 3:
-    raise UserError(f"model.in_channels={config.model.in_channels}: ImageNet images are RGB; "
-                     "set it to 3.")
-  if config.model.num_classes != NUM_CLASSES:
-    raise UserError(f"model.num_classes={config.model.num_classes}: ImageNet labels are the "
-                     "1000 standard classes; set it to 1000.")
+  # model.in_channels and num_classes against the source: experiment's check, for every source.
   if config.data.resize_size < config.model.image_size:
     raise UserError(f"data.resize_size={config.data.resize_size} is smaller than "
                      f"model.image_size={config.model.image_size}: the crop must fit.")

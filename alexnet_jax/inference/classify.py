@@ -8,20 +8,20 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from alexnet_jax.data import decode, imagenet
+from alexnet_jax.data import decode
 from alexnet_jax.errors import UserError
 from alexnet_jax.inference.model import LoadedModel
 
 
 def find_images(paths: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
   """The image files named, and those under the directories named (sorted, recursive; the
-  suffixes of imagenet.IMAGE_SUFFIXES, hidden files skipped). UserError for a path that does
+  suffixes of decode.IMAGE_SUFFIXES, hidden files skipped). UserError for a path that does
   not exist or when no image is found."""
   found = []
   for path in map(pathlib.Path, paths):
     if path.is_dir():
       found += sorted(p for p in path.rglob("*")
-                      if p.is_file() and p.suffix.lower() in imagenet.IMAGE_SUFFIXES
+                      if p.is_file() and p.suffix.lower() in decode.IMAGE_SUFFIXES
                       and not p.name.startswith("."))
     elif path.is_file():
       found.append(path)

@@ -6,7 +6,7 @@ model.LoadedModel hands that record to `load_image` and gets the uint8 image the
 transform would have produced from the same file. Normalization ((x - mean) / std) and any
 resize to `image_size` happen on the device, as in training (steps.device_preprocess).
 
-- ImageNet sources (imagenet.SOURCE_NAMES) and torchvision weights: transforms.CentreCropTransform
+- ImageNet sources (data.IMAGENET_SOURCES) and torchvision weights: transforms.CentreCropTransform
   (shorter side to `resize_size`, central `image_size` crop, RGB);
 - fashion_mnist: grey at Fashion-MNIST's 28x28, the grey channel repeated for 3-channel models
   (fashion_mnist.to_rgb_if_needed), as the d2l recipe feeds it;
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from alexnet_jax import config_base
-from alexnet_jax.data import decode, fashion_mnist, imagenet, pipeline, transforms
+from alexnet_jax.data import IMAGENET_SOURCES, decode, fashion_mnist, pipeline, transforms
 from alexnet_jax.errors import UserError
 
 # Fashion-MNIST images are 28x28 (Xiao, Rasul & Vollgraf 2017; the IDX files' header).
@@ -43,7 +43,7 @@ def torchvision_preprocessing(image_size: int = TORCHVISION_CROP) -> dict[str, A
 
 def is_imagenet(preprocessing: Mapping[str, Any]) -> bool:
   """Whether the record describes ImageNet images (an ImageNet source or torchvision's)."""
-  return preprocessing["source"] in imagenet.SOURCE_NAMES + (TORCHVISION_SOURCE,)
+  return preprocessing["source"] in IMAGENET_SOURCES + (TORCHVISION_SOURCE,)
 
 
 def _read(path: str | os.PathLike) -> bytes:

@@ -19,6 +19,7 @@ write each signal's number to a socket at once; a watcher thread reads it.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -61,6 +62,17 @@ def exit_now(status: int, message: str) -> None:
     print(message, file=sys.stderr, flush=True)
   finally:
     os._exit(status)
+
+
+def exit_after_stop(status: int) -> None:
+  """Ends a run that a signal stopped (its checkpoint written) with `status`: the exit handlers
+  run now, while this policy still holds, then the process leaves without the interpreter's
+  teardown. In that teardown Python gives SIGINT back its default action, and a second Ctrl-C
+  pressed then killed the process (status -2, not 130)."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  atexit._run_exitfuncs()  # noqa: SLF001 - what interpreter exit would run (jax.distributed, ...)
+  os._exit(status)
 
 
 class Interrupts:

@@ -15,7 +15,7 @@ NOISY_PATHS = ("/orbax/", "/grain/", "/jax/_src/")
 
 
 # A failed write (full disk, read-only, quota) as Orbax's background threads report it: the
-# trainer stops with one sentence that says the same (train.CheckpointWriteError), so these
+# trainer stops with one sentence that says the same (errors.CheckpointWriteError), so these
 # tracebacks would only bury it.
 STORAGE_ERROR = re.compile(r"os_error_code|No space left|Read-only file system|File too large|"
                            r"Permission denied|Disk quota|Input/output error")
