@@ -37,8 +37,8 @@ PCA_EIGVEC = np.array([
 class Augment:
   """What the train step does to each image: mirror with p=1/2 (`flip`), and the PCA colour
   noise with coefficients alpha_i ~ N(0, pca_std) (0 turns it off; needs 3 channels)."""
-  flip: bool = True
-  pca_std: float = 0.1
+  flip: bool
+  pca_std: float  # config.data.pca_std
 
 
 def colour_shift(alpha: jax.Array) -> jax.Array:

@@ -45,7 +45,7 @@ class PaperTrainTransform:
   {'image': (image_size, image_size, 3) uint8 (possibly a read-only view), 'label': int32}.
   """
   image_size: int
-  resize_size: int = 256
+  resize_size: int  # config.data.resize_size
   use_draft: bool = True
   decoder: str = "pillow"  # resolved: pillow | simplejpeg
   uniforms_per_example: ClassVar[int] = 2
@@ -75,7 +75,7 @@ class InceptionTrainTransform:
 class CentreCropTransform:
   """Evaluation: shorter side to `resize_size`, central `image_size` crop."""
   image_size: int
-  resize_size: int = 256
+  resize_size: int  # config.data.resize_size
   use_draft: bool = True
   decoder: str = "pillow"
 
@@ -91,7 +91,7 @@ class TenCropTransform:
   """Evaluation on 10 views: the central `resize_size` square, its 4 corner crops and centre
   crop of `image_size`, and their mirrors; image shape (10, S, S, 3)."""
   image_size: int
-  resize_size: int = 256
+  resize_size: int  # config.data.resize_size
   use_draft: bool = True
   decoder: str = "pillow"
 
