@@ -11,12 +11,7 @@ from alexnet_jax.plan import make_plan
 
 def _config(**fields):
   config = base_config()
-  for name, value in fields.items():
-    node = config
-    *path, last = name.split(".")
-    for part in path:
-      node = node[part]
-    node[last] = value
+  config.update_from_flattened_dict(fields)  # dotted names: {"schedule.warmup_epochs": 0.5}
   return config
 
 

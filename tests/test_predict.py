@@ -43,12 +43,7 @@ def tiny_config(**overrides):
   c.model.variant, c.model.num_classes, c.model.in_channels = "d2l", 10, 1
   c.model.image_size, c.model.init = 65, "xavier"
   c.schedule.name = "constant"
-  for dotted, value in overrides.items():
-    node = c
-    *parents, leaf = dotted.split(".")
-    for name in parents:
-      node = node[name]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)  # dotted names: {"data.source": ...}
   return c
 
 

@@ -39,9 +39,7 @@ def _small_config(**changes):
            eval_every_steps=1, eval_report=False)
   c.schedule.update(name="plateau", patience=1, min_delta=2.0)  # every eval but the first cuts
   c.optimizer.learning_rate = 0.01
-  for path, value in changes.items():
-    group, _, field = path.rpartition(".")
-    (c[group] if group else c)[field] = value
+  c.update_from_flattened_dict(changes)  # dotted names: {"optimizer.momentum": 0.5}
   return c
 
 
