@@ -212,12 +212,11 @@ def resolve(path: str | os.PathLike, step: int | None = None) -> tuple[pathlib.P
 
 def read_meta(directory: str | os.PathLike, step: int) -> dict[str, Any]:
   """The JSON `meta` item of `directory/<step>` (a `resolve` result), read-only."""
-  with reading_quietly():
-    checkpointer = Checkpointer(directory, keep=1, read_only=True)
-    try:
-      return checkpointer.read_meta(step)
-    finally:
-      checkpointer.close()
+  checkpointer = Checkpointer(directory, keep=1, read_only=True)  # quiet while it reads
+  try:
+    return checkpointer.read_meta(step)
+  finally:
+    checkpointer.close()
 
 
 def read_state_items(directory: str | os.PathLike, step: int,

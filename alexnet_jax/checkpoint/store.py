@@ -61,16 +61,21 @@ class Checkpointer:
 
   def __init__(self, directory: str | pathlib.Path, *, keep: int, read_only: bool = False):
     self.directory = pathlib.Path(directory).absolute()
-    self._quiet = reading_quietly() if read_only else contextlib.nullcontext()
-    self._quiet.__enter__()
+    self._quiet = contextlib.ExitStack()  # Orbax's read-only warnings, while a reader lives
+    if read_only:
+      self._quiet.enter_context(reading_quietly())
     self._megabytes = 0.0
     # cleanup_tmp_directories: a save abandoned mid-way (a second Ctrl-C exits at once, a
     # kill) leaves a temporary directory that no step lists; the next writer removes it.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=not read_only, cleanup_tmp_directories=not read_only)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "meta"))
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                            item_names=("state", "meta"))
+    except BaseException:
+      self._quiet.close()
+      raise
 
   def all_steps(self) -> list[int]:
     """Every saved step, ascending."""
@@ -137,4 +142,4 @@ class Checkpointer:
     try:
       self._manager.close()
     finally:
-      self._quiet.__exit__(None, None, None)
+      self._quiet.close()
